@@ -1,0 +1,48 @@
+"""Weight initialisation rules. Each returns a callable over [(layer name, module), ...]."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from testbed import hookimpl
+
+
+def paper(*, std: float = 0.01, bias_one: list[str] = ["conv2", "conv4", "conv5", "fc6", "fc7"]):  # noqa: B006
+    """Section 5: weights N(0, 0.01); biases 1 in conv2, conv4, conv5 and the hidden FC layers, else 0."""
+    if std <= 0:
+        raise ValueError(f"std must be > 0, got {std}")
+
+    def apply(layers):
+        for name, module in layers:
+            nn.init.normal_(module.weight, 0.0, std)
+            nn.init.constant_(module.bias, 1.0 if name in bias_one else 0.0)
+
+    return apply
+
+
+def caffe():
+    """Caffe's bvlc_alexnet: std 0.01 (fc6/fc7 0.005); biases 0.1 where the paper has 1, else 0."""
+    ones = {"conv2", "conv4", "conv5", "fc6", "fc7"}
+
+    def apply(layers):
+        for name, module in layers:
+            nn.init.normal_(module.weight, 0.0, 0.005 if name in ("fc6", "fc7") else 0.01)
+            nn.init.constant_(module.bias, 0.1 if name in ones else 0.0)
+
+    return apply
+
+
+def pytorch():
+    """Leave PyTorch's own defaults (Kaiming-uniform weights, fan-in scaled biases)."""
+
+    def apply(layers):
+        return None
+
+    return apply
+
+
+@hookimpl
+def register_inits(register):
+    register("paper", paper, "N(0, 0.01) weights; biases 1 in conv2/4/5 and fc6/7, 0 elsewhere (section 5)")
+    register("caffe", caffe, "Caffe bvlc_alexnet: std 0.01 (fc6/7 0.005), biases 0.1 where the paper has 1")
+    register("pytorch", pytorch, "PyTorch's defaults (what torchvision's AlexNet uses)")

@@ -1,0 +1,112 @@
+"""Normalizations after conv1 and conv2: the paper's local response normalization, none, batchnorm.
+
+LRN (section 3.3), across channels::
+
+    b[i] = a[i] / (k + scale * sum_{j=max(0, i-n//2)}^{min(N-1, i+n//2)} a[j]^2) ** beta
+
+``alpha_convention`` says what ``scale`` is:
+
+- ``divided-by-n``: scale = alpha / n. What the authors' own code (cuda-convnet2) does with
+  its configured alpha, and Caffe and torch.nn.LocalResponseNorm too. The default, because
+  the paper's hyper-parameters (alpha = 1e-4) were tuned in that code.
+- ``per-term``: scale = alpha, the formula exactly as printed in the paper (and what
+  TensorFlow's tf.nn.lrn computes with depth_radius = n//2).
+
+The forward and backward are written out by hand: autograd through the windowed sum and the
+power keeps several full-size intermediates alive and is several times slower on a CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from testbed import hookimpl
+
+
+def window_sum(x: torch.Tensor, half: int) -> torch.Tensor:
+    """sum_{j=i-half}^{i+half} x[:, j] along dim 1, clipped at the ends (the LRN window)."""
+    out = x.clone()
+    for d in range(1, half + 1):
+        if d >= x.shape[1]:
+            break
+        out[:, d:] += x[:, :-d]
+        out[:, :-d] += x[:, d:]
+    return out
+
+
+class _LRNFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, half, scale, beta, k):
+        denom = window_sum(a * a, half).mul_(scale).add_(k)  # D = k + scale * S
+        inv = denom.pow(-beta)  # D^-beta
+        out = a * inv
+        ctx.save_for_backward(a, denom, inv)
+        ctx.constants = (half, scale, beta)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, denom, inv = ctx.saved_tensors
+        half, scale, beta = ctx.constants
+        # d b_i / d a_j = delta_ij D_i^-beta - 2 beta scale a_i a_j D_i^(-beta-1)  for j in window(i);
+        # the window is symmetric, so the second term sums over the same window around j.
+        t = grad * a * inv / denom
+        grad_a = grad * inv - (2.0 * beta * scale) * a * window_sum(t, half)
+        return grad_a, None, None, None, None
+
+
+def local_response_norm(a: torch.Tensor, size: int, alpha: float, beta: float, k: float, convention: str):
+    scale = alpha / size if convention == "divided-by-n" else alpha
+    if a.dtype in (torch.float16, torch.bfloat16):  # the power and the sum of squares want float32
+        return _LRNFunction.apply(a.float(), size // 2, scale, beta, k).to(a.dtype)
+    return _LRNFunction.apply(a, size // 2, scale, beta, k)
+
+
+class LocalResponseNorm(nn.Module):
+    def __init__(self, size, alpha, beta, k, alpha_convention):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k, self.alpha_convention = size, alpha, beta, k, alpha_convention
+
+    def forward(self, x):
+        return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.alpha_convention)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, alpha_convention={self.alpha_convention}"
+
+
+def lrn(
+    channels: int,
+    *,
+    size: int = 5,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    k: float = 2.0,
+    alpha_convention: Literal["divided-by-n", "per-term"] = "divided-by-n",
+):
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"size must be a positive odd number (a window centred on each channel), got {size}")
+    if alpha < 0 or beta < 0 or k < 0:
+        raise ValueError("alpha, beta and k must be >= 0")
+    if k == 0 and beta > 0:
+        raise ValueError("k = 0 divides by zero wherever a window is all zeros (after a ReLU); use k > 0")
+    return LocalResponseNorm(size, alpha, beta, k, alpha_convention)
+
+
+def none(channels: int):
+    return nn.Identity()
+
+
+def batchnorm(channels: int, *, momentum: float = 0.1, eps: float = 1e-5):
+    if not 0 <= momentum <= 1:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    return nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
+
+
+@hookimpl
+def register_normalizations(register):
+    register("lrn", lrn, "local response normalization across channels (section 3.3); alpha_convention explicit")
+    register("none", none, "no normalization")
+    register("batchnorm", batchnorm, "batch normalization (Ioffe & Szegedy 2015): the modern comparison")

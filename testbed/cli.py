@@ -1,0 +1,255 @@
+"""The command line: parse, call, print. Bad input exits 2 with one line, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from testbed import __version__, plugins
+from testbed.errors import BadInput
+
+EPILOG = "Docs: README.md and docs/writing-plugins.md. Exit codes: 0 done, 1 a variant failed or diverged, 2 bad input."
+
+
+def err_console() -> Console:
+    return Console(stderr=True)
+
+
+def guarded(fn):
+    """Turn BadInput into exit code 2 and one line on stderr."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BadInput as exc:
+            message = " ".join(str(exc).split("\n"))
+            click.echo(f"error: {message}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def emit_json(doc) -> None:
+    click.echo(json.dumps(doc, indent=2, default=str))
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="testbed")
+def main():
+    """Ablation studies of AlexNet (Krizhevsky, Sutskever & Hinton, 2012).
+
+    Each of the paper's design choices is a component you switch in an experiment file;
+    `testbed run` trains the baseline and every variant over several seeds and prints
+    their errors side by side with the paper's own claims.
+
+    \b
+    Start here:
+      testbed run experiments/smoke.toml        # offline demo, under a minute
+      testbed show experiments/paper.toml       # what each variant builds, no training
+      testbed plugins                           # every component you can switch to
+    """
+
+
+def _registry():
+    reg = plugins.registry()
+    plugins.warn_load_errors()
+    return reg
+
+
+def _load(file: str, sets: tuple[str, ...]):
+    from testbed.experiment import load_experiment, parse_set
+
+    registry = _registry()
+    return load_experiment(file, registry, parse_set(list(sets))), registry
+
+
+@main.command(epilog=EPILOG)
+@click.argument("file", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--out", "out", type=click.Path(path_type=Path), help="Run directory (default: runs/<experiment>-<timestamp>).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a baseline key, e.g. --set train.epochs=2.")
+@click.option("--only", multiple=True, metavar="NAME", help="Run only this variant (repeatable); the baseline always runs.")
+@click.option("--seeds", type=int, help="Run seeds 0..N-1 for every variant (overrides train.seeds).")
+@click.option("--device", default="auto", show_default=True, help="auto (a GPU when there is one), cpu, cuda, cuda:N.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout (progress goes to stderr).")
+@click.option("--force", is_flag=True, help="Replace an existing run in --out.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@guarded
+def run(file, out, sets, only, seeds, device, as_json, force, quiet):
+    """Train every variant x seed of FILE and print the side-by-side table.
+
+    A crash or Ctrl-C leaves a run directory that `testbed resume DIR` continues."""
+    from testbed import runner
+
+    experiment, registry = _load(file, sets)
+    experiment = runner.select(experiment, list(only), seeds)
+    dist = runner.distributed_from_env(experiment, registry)
+    data = runner.validate(experiment, registry)
+    device_obj = runner.resolve_device(device, dist)
+    runner.init_process_group(experiment, registry, dist, device_obj)
+    run_dir = out if out is not None else runner.default_run_dir(experiment)
+    if dist.active:
+        run_dir = Path(runner._broadcast(str(run_dir), dist))
+    if dist.rank == 0:
+        runner.prepare_run_dir(run_dir, experiment, force)
+    if dist.active:
+        torch_barrier()
+    outcome = runner.execute(experiment, run_dir, registry, runner.RunOptions(device, as_json, quiet), dist, data)
+    _finish(outcome, run_dir, as_json, dist.rank)
+
+
+def torch_barrier():
+    import torch
+
+    torch.distributed.barrier()
+
+
+def _finish(outcome, run_dir: Path, as_json: bool, rank: int = 0):
+    if rank != 0:
+        sys.exit(outcome.exit_code if outcome.exit_code != 130 else 130)
+    from testbed.report import render, table_console
+
+    if as_json:
+        emit_json(outcome.doc)
+    else:
+        render(outcome.doc, table_console())
+        click.echo(f"run directory: {run_dir}  (plots in {run_dir / 'plots'})")
+    if outcome.interrupted:
+        click.echo(f"interrupted: checkpoint written. Continue with: testbed resume {run_dir}", err=True)
+    sys.exit(outcome.exit_code)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@guarded
+def resume(run_dir, device, as_json, quiet):
+    """Continue an interrupted run: unfinished jobs restart from their last checkpoint,
+    finished ones are skipped."""
+    from testbed import runner
+    from testbed.results import Store
+
+    store = Store.open_run(run_dir)
+    experiment = store.experiment()
+    store.close()
+    registry = _registry()
+    dist = runner.distributed_from_env(experiment, registry)
+    data = runner.validate(experiment, registry)
+    device_obj = runner.resolve_device(device, dist)
+    runner.init_process_group(experiment, registry, dist, device_obj)
+    outcome = runner.execute(experiment, run_dir, registry, runner.RunOptions(device, as_json, quiet), dist, data)
+    _finish(outcome, run_dir, as_json, dist.rank)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("file", type=click.Path(path_type=str))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a baseline key.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@guarded
+def show(file, sets, as_json):
+    """The resolved variants of FILE: components, parameter counts, layer shapes, tower devices. No training."""
+    from testbed.describe import describe_experiment, render_description
+
+    experiment, registry = _load(file, sets)
+    doc = describe_experiment(experiment, registry)
+    if as_json:
+        emit_json(doc)
+    else:
+        render_description(doc, Console())
+
+
+@main.command(epilog=EPILOG)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--vs", "other", type=click.Path(path_type=Path), help="A second run to compare variant by variant.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@guarded
+def report(run_dir, other, as_json):
+    """The results table of a run again, from its store (optionally beside a second run)."""
+    from testbed.report import comparison_doc, render, render_comparison, table_console
+    from testbed.results import Store, summarize
+
+    def load(path):
+        store = Store.open_run(path)
+        try:
+            return summarize(store, path), store.epochs()
+        finally:
+            store.close()
+
+    doc, epochs = load(run_dir)
+    if other is None:
+        if as_json:
+            emit_json(doc)
+        else:
+            render(doc, table_console())
+            from testbed.describe import render_saturation
+
+            render_saturation(epochs, table_console())
+        return
+    doc_b, _ = load(other)
+    if as_json:
+        emit_json(comparison_doc(doc, doc_b))
+    else:
+        render_comparison(doc, doc_b, table_console())
+
+
+@main.command(name="plugins", epilog=EPILOG)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@guarded
+def plugins_command(as_json):
+    """Every registered component by kind, with the plugin that registered it and its parameters."""
+    from testbed.registry import KINDS
+
+    registry = _registry()
+    doc = {kind: [registry.components[kind][n].as_dict() for n in registry.names(kind)] for kind in KINDS}
+    if as_json:
+        emit_json(doc)
+        return
+    console = Console()
+    for kind in KINDS:
+        table = Table(title=kind, title_justify="left", show_header=True, expand=False)
+        table.add_column("name", no_wrap=True)
+        table.add_column("parameters (defaults)")
+        table.add_column("plugin", no_wrap=True)
+        table.add_column("what it is")
+        for entry in doc[kind]:
+            params = ", ".join(f"{p['name']}={p['default']!r}" for p in entry["params"]) or "-"
+            table.add_row(entry["name"], params, entry["plugin"], entry["help"])
+        console.print(table)
+    for line in plugins.state().load_errors:
+        console.print(f"[red]{line}[/red]")
+
+
+@main.command(epilog=EPILOG)
+@click.argument("file", type=click.Path(path_type=str))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a baseline key.")
+@click.option("--only", multiple=True, metavar="NAME", help="Benchmark only these variants (repeatable).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--steps", default=20, show_default=True, help="Timed training steps per variant.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@guarded
+def bench(file, sets, only, device, steps, as_json):
+    """Throughput of each variant's training step and of its data pipeline, FLOPs per image,
+    and utilisation against this machine's measured peak (a large matmul, same threads)."""
+    from testbed import runner
+    from testbed.bench import bench_experiment, render_bench
+
+    experiment, registry = _load(file, sets)
+    experiment = runner.select(experiment, list(only), None)
+    data = runner.validate(experiment, registry)
+    doc = bench_experiment(experiment, registry, data, runner.resolve_device(device, runner.Dist()), steps, err_console())
+    if as_json:
+        emit_json(doc)
+    else:
+        render_bench(doc, Console())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""`testbed show`: what each variant builds, without training, and the saturation table of `report`."""
+
+from __future__ import annotations
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from testbed.data import load_dataset
+from testbed.errors import BadInput
+from testbed.experiment import Experiment
+from testbed.model import build_model, layer_shapes, parameter_count
+
+
+def data_shape(data_cfg: dict, registry) -> tuple[int, int]:
+    """(image size, classes) from the file, else from the dataset factory's declared defaults,
+    else by loading the data (only then)."""
+    factory = registry.get("dataset", data_cfg["dataset"]["name"]).factory
+    size = data_cfg["image_size"] or getattr(factory, "image_size", None)
+    classes = data_cfg["classes"] or getattr(factory, "classes", None)
+    if size is None or classes is None:
+        data = load_dataset(data_cfg, registry)
+        size, classes = size or data.image_size, classes or len(data.class_names)
+    return size, classes
+
+
+def describe_variant(variant, registry, device: torch.device) -> dict:
+    cfg = variant.config
+    size, classes = data_shape(cfg["data"], registry)
+    with torch.device("meta"):
+        built = build_model(cfg["model"], classes, size, registry, device=None)
+    model = cfg["model"]
+    return {
+        "name": variant.name,
+        "changes": variant.changes,
+        "components": {
+            "activation": model["activation"]["name"],
+            "normalization": model["normalization"]["name"],
+            "pooling": model["pooling"]["name"],
+            "placement": model["placement"]["name"],
+            "augmentation": {"train": [a["name"] for a in cfg["augment"]["train"]], "test": cfg["augment"]["test"]["name"]},
+            "dropout": model["dropout"],
+            "init": model["init"]["name"],
+            "dataset": cfg["data"]["dataset"]["name"],
+            "preprocess": cfg["data"]["preprocess"]["name"],
+        },
+        "geometry": built.plan.geometry,
+        "input_size": built.plan.input_size,
+        "classes": classes,
+        "parameters": parameter_count(built.module),
+        "tower_devices": built.placement.tower_devices(device),
+        "layers": layer_shapes(built.module),
+        "seeds": cfg["train"]["seeds"],
+        "paper": variant.paper,
+        "config": cfg,
+    }
+
+
+def describe_experiment(experiment: Experiment, registry) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    variants = []
+    for v in experiment.variants:
+        try:
+            variants.append(describe_variant(v, registry, device))
+        except BadInput as exc:
+            where = "" if v.name == "baseline" else f"variant '{v.name}': "
+            raise BadInput(f"{experiment.path}: {where}{exc}") from None
+    return {"experiment": experiment.name, "path": experiment.path, "description": experiment.description, "variants": variants}
+
+
+def _component(spec: dict) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "name")
+    return f"{spec['name']}({params})" if params else spec["name"]
+
+
+def render_description(doc: dict, console: Console) -> None:
+    from testbed.report import changes_text, paper_text
+
+    base = doc["variants"][0]
+    cfg = base["config"]
+    setup = Table(title=f"{doc['experiment']}: the baseline ({doc['path']})", title_justify="left", show_header=False)
+    setup.add_column("slot", style="bold")
+    setup.add_column("component")
+    rows = [
+        ("data", f"{_component(cfg['data']['dataset'])}, {base['classes']} classes, preprocess {_component(cfg['data']['preprocess'])}"),
+        ("model", f"{base['geometry']} geometry, {base['input_size']} px input, width {cfg['model']['width']:g}"),
+        ("activation", _component(cfg["model"]["activation"])),
+        ("normalization", _component(cfg["model"]["normalization"])),
+        ("pooling", _component(cfg["model"]["pooling"])),
+        ("dropout", f"{cfg['model']['dropout']:g} in fc6, fc7"),
+        ("init", _component(cfg["model"]["init"])),
+        ("placement", _component(cfg["model"]["placement"])),
+        ("augment", f"train [{', '.join(_component(a) for a in cfg['augment']['train'])}], test {_component(cfg['augment']['test'])}"),
+        ("train", f"{cfg['train']['epochs']} epochs, batch {cfg['train']['batch_size']}, {_component(cfg['train']['optimizer'])}, "
+                  f"schedule {_component(cfg['train']['schedule'])}, seeds {cfg['train']['seeds']}"),
+    ]
+    if cfg["model"]["skip"]:
+        rows.append(("skip", ", ".join(cfg["model"]["skip"])))
+    for slot, text in rows:
+        setup.add_row(slot, escape(text))
+    console.print(setup)
+    table = Table(title="variants", title_justify="left")
+    for col in ("variant", "what changed", "params", "tower devices", "paper"):
+        table.add_column(col, justify="right" if col == "params" else "left", overflow="fold")
+    for v in doc["variants"]:
+        table.add_row(v["name"], escape(changes_text(v["changes"])), f"{v['parameters']:,}", ", ".join(v["tower_devices"]),
+                      escape(paper_text(v["paper"])) if v["paper"] else "")
+    console.print(table)
+    base = doc["variants"][0]
+    differing = [v for v in doc["variants"][1:] if v["layers"] != base["layers"]]
+    shapes = Table(title=f"layer output shapes (C x H x W) at {base['input_size']} px, {base['geometry']} geometry", title_justify="left")
+    shapes.add_column("layer")
+    for v in [base] + differing:
+        shapes.add_column(v["name"], justify="right")
+    names = [layer["name"] for layer in base["layers"]]
+    for v in differing:
+        names += [layer["name"] for layer in v["layers"] if layer["name"] not in names]
+    for name in names:
+        row = [name]
+        for v in [base] + differing:
+            shape = next((layer["shape"] for layer in v["layers"] if layer["name"] == name), None)
+            row.append("x".join(map(str, shape)) if shape else "-")
+        shapes.add_row(*row)
+    console.print(shapes)
+
+
+def render_saturation(epochs: list[dict], console: Console) -> None:
+    """Per variant, the fraction of saturated units per activation layer at the first and last epoch."""
+    rows: dict[str, dict[int, list[dict]]] = {}
+    for r in epochs:
+        if r.get("saturation"):
+            rows.setdefault(r["variant"], {}).setdefault(r["epoch"], []).append(r["saturation"])
+    if not rows:
+        return
+    layers = sorted({k for per in rows.values() for recs in per.values() for rec in recs for k in rec})
+    table = Table(title="saturated units per layer (% of outputs in the flat part of the activation; tanh |y|>0.99, relu y<=0)", title_justify="left")
+    table.add_column("variant")
+    table.add_column("epoch", justify="right")
+    for layer in layers:
+        table.add_column(layer, justify="right")
+    for variant, per_epoch in rows.items():
+        for epoch in sorted({min(per_epoch), max(per_epoch)}):
+            recs = per_epoch[epoch]
+            cells = []
+            for layer in layers:
+                vals = [rec[layer] for rec in recs if layer in rec]
+                cells.append(f"{100 * sum(vals) / len(vals):.1f}" if vals else "-")
+            table.add_row(variant, str(epoch), *cells)
+    console.print(table)

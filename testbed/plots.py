@@ -1,0 +1,91 @@
+"""Pictures of a run: learning curves (the paper's Fig. 1 style) and conv1 kernels (Fig. 3 style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def mean_curves(epochs: list[dict], key: str) -> dict[str, tuple[list[int], list[float]]]:
+    """variant -> (epochs, mean of `key` over the seeds that reached each epoch)."""
+    acc: dict[str, dict[int, list[float]]] = {}
+    for row in epochs:
+        if row.get(key) is not None:
+            acc.setdefault(row["variant"], {}).setdefault(row["epoch"], []).append(row[key])
+    return {v: (sorted(d), [sum(d[e]) / len(d[e]) for e in sorted(d)]) for v, d in acc.items()}
+
+
+def learning_curves(epochs: list[dict], variants: list[str], target: float | None, path: Path, title: str) -> Path:
+    """Training error against epochs per variant, a dashed line at the target error (Fig. 1)."""
+    plt = _pyplot()
+    curves = mean_curves(epochs, "train_error")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name in variants:
+        if name in curves:
+            xs, ys = curves[name]
+            ax.plot(xs, ys, marker="o", markersize=3, label=name, linewidth=2.2 if name == "baseline" else 1.4)
+    if target is not None:
+        ax.axhline(target, color="black", linestyle="--", linewidth=1, label=f"target {target:.0%}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training error rate")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def conv1_towers(model: torch.nn.Module, towers: int) -> list[torch.Tensor]:
+    """conv1 kernels [K, 3, h, w] of each tower (two conv1 modules when the towers are on two devices)."""
+    from testbed.model import paper_layers
+
+    kernels = [m.weight.detach().float().cpu() for name, m in paper_layers(model) if name == "conv1"]
+    if len(kernels) == 1 and towers > 1:
+        kernels = list(kernels[0].chunk(towers))
+    return kernels
+
+
+def kernel_grid(kernels: torch.Tensor, columns: int) -> torch.Tensor:
+    """Tile kernels [K, 3, h, w] into one RGB image, each kernel scaled to [0, 1] on its own."""
+    k, _, h, w = kernels.shape
+    lo = kernels.amin(dim=(1, 2, 3), keepdim=True)
+    hi = kernels.amax(dim=(1, 2, 3), keepdim=True)
+    scaled = (kernels - lo) / (hi - lo).clamp_min(1e-12)
+    rows = -(-k // columns)
+    grid = torch.ones(3, rows * (h + 1) + 1, columns * (w + 1) + 1)
+    for i in range(k):
+        r, c = divmod(i, columns)
+        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = scaled[i]
+    return grid.permute(1, 2, 0)
+
+
+def conv1_kernels(model: torch.nn.Module, towers: int, path: Path, title: str) -> Path:
+    """One block per tower, like the paper's Fig. 3 (top 48: GPU 1, bottom 48: GPU 2)."""
+    plt = _pyplot()
+    blocks = conv1_towers(model, towers)
+    fig, axes = plt.subplots(len(blocks), 1, figsize=(8, 2.2 * len(blocks) + 0.6), squeeze=False)
+    for t, (ax, kernels) in enumerate(zip(axes[:, 0], blocks)):
+        ax.imshow(kernel_grid(kernels, columns=min(16, len(kernels))).numpy(), interpolation="nearest")
+        label = f"tower {'AB'[t]}" if len(blocks) > 1 else "single tower"
+        ax.set_title(f"{label}: {len(kernels)} kernels {kernels.shape[-1]}x{kernels.shape[-2]}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

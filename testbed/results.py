@@ -1,0 +1,215 @@
+"""The results store (SQLite in the run directory) and what is read back from it: the summary
+document (`--json`) and the side-by-side table."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import statistics
+import time
+from pathlib import Path
+
+from testbed.errors import BadInput
+from testbed.experiment import Experiment
+
+STORE_NAME = "results.sqlite"
+EXPERIMENT_NAME = "experiment.json"
+METRICS = ("top1_error", "top5_error", "train_error", "train_loss", "epochs_to_target", "time_to_target_s", "train_images_per_s")
+DELTA_METRICS = ("top1_error", "top5_error", "train_error")
+FINISHED = ("ok", "diverged")  # resume skips these; failed and interrupted jobs run again
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    variant TEXT NOT NULL, seed INTEGER NOT NULL, position INTEGER NOT NULL,
+    status TEXT NOT NULL,            -- pending, running, ok, diverged, failed, interrupted
+    message TEXT, plugin TEXT, epoch INTEGER, step INTEGER,
+    metrics TEXT, components TEXT, environment TEXT,
+    started REAL, finished REAL,
+    PRIMARY KEY (variant, seed)
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    variant TEXT NOT NULL, seed INTEGER NOT NULL, epoch INTEGER NOT NULL,
+    train_loss REAL, train_error REAL, test_top1 REAL, test_top5 REAL, lr REAL,
+    train_s REAL, eval_s REAL, images_per_s REAL, extra TEXT,
+    PRIMARY KEY (variant, seed, epoch)
+);
+"""
+EPOCH_COLUMNS = ("train_loss", "train_error", "test_top1", "test_top5", "lr", "train_s", "eval_s", "images_per_s")
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=30)
+        self.db.row_factory = sqlite3.Row
+        self.db.executescript(SCHEMA)
+        self.db.commit()
+
+    @classmethod
+    def open_run(cls, run_dir: Path) -> "Store":
+        run_dir = Path(run_dir)
+        path = run_dir / STORE_NAME
+        if not run_dir.is_dir():
+            raise BadInput(f"{run_dir}: no such run directory")
+        if not path.is_file() or not (run_dir / EXPERIMENT_NAME).is_file():
+            raise BadInput(f"{run_dir}: not a testbed run (no {STORE_NAME} and {EXPERIMENT_NAME}); give a folder that `testbed run` wrote")
+        try:
+            store = cls(path)
+            store.experiment()
+        except (sqlite3.DatabaseError, json.JSONDecodeError, KeyError) as exc:
+            raise BadInput(f"{path}: damaged results store ({exc})") from None
+        return store
+
+    def close(self):
+        self.db.close()
+
+    # -- writing ------------------------------------------------------------------------
+
+    def set_meta(self, key: str, value) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        self.db.commit()
+
+    def meta(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row["value"]) if row else default
+
+    def experiment(self) -> Experiment:
+        doc = json.loads((self.path.parent / EXPERIMENT_NAME).read_text())
+        return Experiment.from_json(doc)
+
+    def add_job(self, variant: str, seed: int, position: int) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO jobs (variant, seed, position, status) VALUES (?, ?, ?, 'pending')", (variant, seed, position)
+        )
+        self.db.commit()
+
+    def job_status(self, variant: str, seed: int) -> str | None:
+        row = self.db.execute("SELECT status FROM jobs WHERE variant = ? AND seed = ?", (variant, seed)).fetchone()
+        return row["status"] if row else None
+
+    def start_job(self, variant: str, seed: int, components: dict, environment: dict) -> None:
+        self.db.execute(
+            "UPDATE jobs SET status='running', message=NULL, plugin=NULL, components=?, environment=?, started=? "
+            "WHERE variant=? AND seed=?",
+            (json.dumps(components), json.dumps(environment), time.time(), variant, seed),
+        )
+        self.db.commit()
+
+    def finish_job(self, variant: str, seed: int, status: str, metrics: dict | None = None, message: str | None = None,
+                   plugin: str | None = None, epoch: int | None = None, step: int | None = None) -> None:
+        self.db.execute(
+            "UPDATE jobs SET status=?, metrics=?, message=?, plugin=?, epoch=?, step=?, finished=? WHERE variant=? AND seed=?",
+            (status, json.dumps(metrics) if metrics is not None else None, message, plugin, epoch, step, time.time(), variant, seed),
+        )
+        self.db.commit()
+
+    def record_epoch(self, variant: str, seed: int, record: dict) -> None:
+        extra = {k: v for k, v in record.items() if k not in EPOCH_COLUMNS and k != "epoch"}
+        self.db.execute(
+            f"INSERT OR REPLACE INTO epochs VALUES (?, ?, ?, {', '.join('?' * len(EPOCH_COLUMNS))}, ?)",
+            (variant, seed, record["epoch"], *(record.get(c) for c in EPOCH_COLUMNS), json.dumps(extra)),
+        )
+        self.db.commit()
+
+    def sync_history(self, variant: str, seed: int, history: list[dict]) -> None:
+        """Make the per-epoch rows match a checkpoint's history (after a crash between the two)."""
+        last = history[-1]["epoch"] if history else 0
+        self.db.execute("DELETE FROM epochs WHERE variant=? AND seed=? AND epoch>?", (variant, seed, last))
+        for record in history:
+            self.record_epoch(variant, seed, record)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def jobs(self) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM jobs ORDER BY position, seed").fetchall()
+        out = []
+        for row in rows:
+            job = dict(row)
+            for key in ("metrics", "components", "environment"):
+                job[key] = json.loads(job[key]) if job[key] else None
+            out.append(job)
+        return out
+
+    def epochs(self, variant: str | None = None) -> list[dict]:
+        query, args = "SELECT * FROM epochs", ()
+        if variant is not None:
+            query, args = query + " WHERE variant = ?", (variant,)
+        out = []
+        for row in self.db.execute(query + " ORDER BY variant, seed, epoch", args).fetchall():
+            record = dict(row)
+            record.update(json.loads(record.pop("extra") or "{}"))
+            out.append(record)
+        return out
+
+
+# ---------------------------------------------------------------------------- summary
+
+
+def spread(values: list[float]) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "values": []}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "values": values,
+    }
+
+
+def delta(variant: dict, baseline: dict) -> dict:
+    """variant minus baseline; se = sqrt(s_v^2/n_v + s_b^2/n_b); within noise when |delta| < 2 se."""
+    if variant["mean"] is None or baseline["mean"] is None:
+        return {"delta": None, "se": None, "within_noise": None}
+    d = variant["mean"] - baseline["mean"]
+    if variant["std"] is None or baseline["std"] is None:
+        return {"delta": d, "se": None, "within_noise": None}
+    se = math.sqrt(variant["std"] ** 2 / len(variant["values"]) + baseline["std"] ** 2 / len(baseline["values"]))
+    return {"delta": d, "se": se, "within_noise": abs(d) < 2 * se}
+
+
+def summarize(store: Store, run_dir: Path) -> dict:
+    """The document `testbed run --json` and `testbed report --json` print."""
+    experiment = store.experiment()
+    jobs = store.jobs()
+    by_variant: dict[str, list[dict]] = {}
+    for job in jobs:
+        by_variant.setdefault(job["variant"], []).append(job)
+    variants = []
+    for v in experiment.variants:
+        runs = by_variant.get(v.name)
+        if not runs:
+            continue
+        ok = [j for j in runs if j["status"] == "ok"]
+        statuses = sorted({j["status"] for j in runs})
+        status = statuses[0] if len(statuses) == 1 else "mixed: " + ", ".join(f"{sum(j['status'] == s for j in runs)} {s}" for s in statuses)
+        metrics = {m: spread([j["metrics"][m] for j in ok]) for m in METRICS}
+        problems = [
+            {"seed": j["seed"], "status": j["status"], "message": j["message"], "plugin": j["plugin"], "epoch": j["epoch"], "step": j["step"]}
+            for j in runs
+            if j["status"] != "ok"
+        ]
+        components = next((j["components"] for j in runs if j["components"]), None)
+        variants.append(
+            {
+                "name": v.name,
+                "status": status,
+                "changes": v.changes,
+                "components": components,
+                "seeds": [j["seed"] for j in runs],
+                "parameters": next((j["metrics"]["parameters"] for j in ok), None),
+                "metrics": metrics,
+                "delta_vs_baseline": {},
+                "paper": v.paper,
+                "problems": problems,
+                "environment": next((j["environment"] for j in runs if j["environment"]), None),
+            }
+        )
+    if variants and variants[0]["name"] == "baseline":
+        base = variants[0]["metrics"]
+        for entry in variants[1:]:
+            entry["delta_vs_baseline"] = {m: delta(entry["metrics"][m], base[m]) for m in DELTA_METRICS}
+    statuses = {j["status"] for j in jobs}
+    overall = "ok" if statuses == {"ok"} else ("incomplete" if statuses & {"pending", "running", "interrupted"} else "failed")
+    return {"experiment": experiment.name, "run_dir": str(run_dir), "status": overall, "variants": variants}

@@ -1,0 +1,389 @@
+"""One variant x one seed: build, train, evaluate, checkpoint. Returns the final metrics.
+
+The step does no host synchronisation per batch: losses and errors accumulate on the device
+and are read every ``SYNC_EVERY`` steps (for the progress display and the divergence check)
+and at the end of each epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from testbed.data import AugmentContext, Pipeline, augmentation_generator
+from testbed.errors import BadInput
+from testbed.experiment import Variant
+from testbed.model import BuiltModel, build_model, parameter_count
+
+CHECKPOINT_FORMAT = "testbed-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class Diverged(Exception):
+    def __init__(self, epoch: int, step: int, loss: float):
+        super().__init__(f"loss became {loss} at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
+class Interrupted(Exception):
+    """The user asked to stop; a checkpoint was written at a safe point."""
+
+
+class UnsafeCheckpoint(BadInput):
+    """A checkpoint file that the testbed did not write (or that is damaged)."""
+
+
+@dataclass
+class StopFlag:
+    """Set by the SIGINT/SIGTERM handler; the loop checks it after every step."""
+
+    requested: bool = False
+
+
+@dataclass
+class Progress:
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float
+    error: float
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def sum(self, values: list[float], device) -> list[float]:
+        if not self.active:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+
+@dataclass
+class JobContext:
+    variant: Variant
+    seed: int
+    data: object  # InMemoryData | StreamingData
+    registry: object
+    device: torch.device
+    checkpoint: Path
+    on_epoch: Callable[[dict], None] = lambda record: None
+    on_progress: Callable[[Progress], None] = lambda p: None
+    stop: StopFlag = field(default_factory=StopFlag)
+    dist: Dist = field(default_factory=Dist)
+    sync_every: int = 10
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy
+
+        numpy.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+def build_pipeline(variant: Variant, data, built: BuiltModel, registry, device) -> Pipeline:
+    cfg = variant.config
+    stats = data.stats()
+    preprocess = registry.create("preprocess", cfg["data"]["preprocess"], stats, key="data.preprocess")
+    ctx = AugmentContext(built.plan.input_size, data.image_size, stats, preprocess.pixel_scale)
+    train_augs = [registry.create("augmentation", spec, ctx, key=f"augment.train[{i}]") for i, spec in enumerate(cfg["augment"]["train"])]
+    test_views = registry.create("augmentation", cfg["augment"]["test"], ctx, key="augment.test")
+    return Pipeline(data, preprocess, train_augs, test_views, built.plan.input_size, device)
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def evaluate(model, pipeline: Pipeline, batch_size: int, precision: str, dist: Dist, probe=None) -> tuple[float, float]:
+    """Top-1 and top-5 error on the held-out set, softmax averaged over the test views."""
+    model.eval()
+    wrong1 = wrong5 = seen = 0
+    with torch.no_grad(), autocast(precision, pipeline.device):
+        for views, labels in pipeline.test_batches(batch_size, dist.rank, dist.world):
+            v, b = views.shape[:2]
+            logits = model(views.flatten(0, 1)).float().view(v, b, -1)
+            probs = logits.softmax(-1).mean(0)
+            k = min(5, probs.shape[-1])
+            top = probs.topk(k, dim=-1).indices
+            hit1 = top[:, 0] == labels
+            hit5 = (top == labels.unsqueeze(1)).any(1)
+            wrong1 += (~hit1).sum()
+            wrong5 += (~hit5).sum()
+            seen += b
+    wrong1, wrong5, seen = dist.sum([float(wrong1), float(wrong5), float(seen)], pipeline.device)
+    if seen == 0:
+        raise BadInput("the held-out set is empty")
+    return wrong1 / seen, wrong5 / seen
+
+
+def saturation_stats(model, pipeline: Pipeline, precision: str) -> dict:
+    """Per activation layer, the fraction of outputs where the unit is saturated (flat part of its
+    curve), on one held-out batch. Only for activations that define ``saturation(y)``."""
+    fractions: dict[str, list] = {}
+    hooks = []
+    for path, module in model.named_modules():
+        if hasattr(module, "saturation"):
+            name = path.rsplit(".", 1)[-1]
+
+            def hook(m, _inp, out, name=name):
+                fractions.setdefault(name, []).append(m.saturation(out.float()).float().mean())
+
+            hooks.append(module.register_forward_hook(hook))
+    if not hooks:
+        return {}
+    model.eval()
+    try:
+        with torch.no_grad(), autocast(precision, pipeline.device):
+            views, _ = next(iter(pipeline.test_batches(256)))
+            model(views[0])
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: round(float(torch.stack(v).mean()), 6) for name, v in fractions.items()}
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy
+
+        kind, keys, pos, has_gauss, cached = numpy.random.get_state()
+        state["numpy"] = [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+    except ImportError:
+        pass
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy
+
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        numpy.random.set_state((kind, numpy.array(keys, dtype=numpy.uint32), pos, has_gauss, cached))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: a temp file in the same folder, fsync, rename over the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some filesystems cannot fsync a directory
+        pass
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load with weights_only=True: tensors and plain containers only, no code can run."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsafeCheckpoint(
+            f"{path}: refused: not a checkpoint written by testbed ({first[:160]}). Nothing in it was run. "
+            f"Delete it to restart this job from scratch"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UnsafeCheckpoint(f"{path}: refused: not a testbed checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise UnsafeCheckpoint(f"{path}: checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
+    return state
+
+
+def _state_module(model):
+    return model.module if hasattr(model, "module") and isinstance(getattr(model, "module"), torch.nn.Module) else model
+
+
+def final_metrics(history: list[dict], target: float, parameters: int) -> dict:
+    last = history[-1]
+    reached = next((r for r in history if r["train_error"] <= target), None)
+    images = sum(r["images"] for r in history)
+    train_time = sum(r["train_s"] for r in history)
+    return {
+        "top1_error": last["test_top1"],
+        "top5_error": last["test_top5"],
+        "train_error": last["train_error"],
+        "train_loss": last["train_loss"],
+        "epochs_to_target": reached["epoch"] if reached else None,
+        "time_to_target_s": sum(r["train_s"] for r in history if r["epoch"] <= reached["epoch"]) if reached else None,
+        "train_images_per_s": images / train_time if train_time > 0 else None,
+        "parameters": parameters,
+    }
+
+
+def run_job(ctx: JobContext) -> dict:
+    """Train one variant with one seed to the end (resuming from ctx.checkpoint if present)."""
+    cfg = ctx.variant.config
+    train_cfg = cfg["train"]
+    device = ctx.device
+    seed_everything(ctx.seed)
+    data = ctx.data
+    built = build_model(cfg["model"], len(data.class_names), data.image_size, ctx.registry, device)
+    model = built.module
+    input_device = built.placement.input_device(device)
+    pipeline = build_pipeline(ctx.variant, data, built, ctx.registry, input_device)
+    parameters = parameter_count(model)
+    optimizer = ctx.registry.create("optimizer", train_cfg["optimizer"], model.parameters(), key="train.optimizer")
+    schedule = ctx.registry.create("schedule", train_cfg["schedule"], optimizer, train_cfg["epochs"], key="train.schedule")
+    precision = train_cfg["precision"]
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    batch_size = train_cfg["batch_size"]
+    if batch_size % ctx.dist.world:
+        raise BadInput(f"train.batch_size = {batch_size}: must divide evenly over {ctx.dist.world} processes")
+    if pipeline.train_size < batch_size:
+        raise BadInput(f"train.batch_size = {batch_size}: larger than the {pipeline.train_size} training images")
+
+    history: list[dict] = []
+    start_epoch, start_step = 1, 0
+    partial = {"loss_sum": 0.0, "wrong": 0.0, "seen": 0.0, "train_s": 0.0}
+    generator = None
+    if ctx.checkpoint.exists():
+        state = load_checkpoint(ctx.checkpoint)
+        _state_module(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        history = list(state["history"])
+        start_epoch, start_step = state["epoch"] + 1, state["step"]
+        set_rng_state(state["rng"])
+        if start_step:
+            partial = dict(state["partial"])
+            generator = augmentation_generator(input_device, ctx.seed, start_epoch)
+            generator.set_state(state["aug_generator"])
+
+    train_model = built.placement.wrap_for_training(model, device)
+    if train_cfg["compile"]:
+        train_model = torch.compile(train_model)
+    steps = pipeline.steps_per_epoch(batch_size)
+
+    def checkpoint(epoch_done: int, step: int, gen=None):
+        if ctx.dist.rank != 0:
+            return
+        save_checkpoint(
+            ctx.checkpoint,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "version": CHECKPOINT_VERSION,
+                "variant": ctx.variant.name,
+                "seed": ctx.seed,
+                "model": _state_module(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "epoch": epoch_done,
+                "step": step,
+                "partial": partial if step else {},
+                "aug_generator": gen.get_state() if (step and gen is not None) else torch.empty(0, dtype=torch.uint8),
+                "rng": rng_state(),
+                "history": history,
+            },
+        )
+
+    for epoch in range(start_epoch, train_cfg["epochs"] + 1):
+        if generator is None:
+            generator = augmentation_generator(input_device, ctx.seed, epoch)
+        train_model.train()
+        loss_sum = torch.zeros((), device=input_device, dtype=torch.float64)
+        wrong = torch.zeros((), device=input_device, dtype=torch.float64)
+        seen = 0
+        first_step = start_step
+        tick = time.perf_counter()
+        for step, (x, y) in enumerate(pipeline.train_batches(epoch, ctx.seed, batch_size, generator, start_step, ctx.dist.rank, ctx.dist.world), start=start_step + 1):
+            with autocast(precision, input_device):
+                logits = train_model(x)
+                loss = F.cross_entropy(logits.float(), y.to(logits.device))
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            loss_sum += loss.detach().to(input_device, torch.float64) * len(y)
+            wrong += (logits.detach().argmax(1).to(y.device) != y).sum()
+            seen += len(y)
+            if step % ctx.sync_every == 0 or step == steps:
+                current = float(loss.detach())
+                if not math.isfinite(current):
+                    raise Diverged(epoch, step, current)
+                ctx.on_progress(Progress(epoch, train_cfg["epochs"], step, steps, current, float(wrong) / max(seen, 1)))
+            if ctx.stop.requested and step < steps:  # at the last step, finish the epoch first
+                partial = {
+                    "loss_sum": partial["loss_sum"] + float(loss_sum),
+                    "wrong": partial["wrong"] + float(wrong),
+                    "seen": partial["seen"] + seen,
+                    "train_s": partial["train_s"] + time.perf_counter() - tick,
+                }
+                checkpoint(epoch - 1, step, generator)
+                raise Interrupted()
+        train_s = time.perf_counter() - tick + partial["train_s"]
+        totals = ctx.dist.sum([float(loss_sum) + partial["loss_sum"], float(wrong) + partial["wrong"], seen + partial["seen"]], input_device)
+        if not math.isfinite(totals[0]):
+            raise Diverged(epoch, steps, totals[0])
+        eval_tick = time.perf_counter()
+        top1, top5 = evaluate(train_model, pipeline, train_cfg["eval_batch_size"], precision, ctx.dist)
+        record = {
+            "epoch": epoch,
+            "train_loss": totals[0] / max(totals[2], 1),
+            "train_error": totals[1] / max(totals[2], 1),
+            "test_top1": top1,
+            "test_top5": top5,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_s": train_s,
+            "eval_s": time.perf_counter() - eval_tick,
+            "images": int(totals[2]),
+            "images_per_s": totals[2] / train_s if train_s > 0 else None,
+            "resumed_mid_epoch": bool(first_step),
+            "saturation": saturation_stats(model, pipeline, precision) if ctx.dist.rank == 0 else {},
+        }
+        history.append(record)
+        schedule.step({"test_top1": top1, "test_top5": top5, "train_error": record["train_error"], "train_loss": record["train_loss"]})
+        partial = {"loss_sum": 0.0, "wrong": 0.0, "seen": 0.0, "train_s": 0.0}
+        start_step, generator = 0, None
+        checkpoint(epoch, 0)
+        ctx.on_epoch(record)
+        if ctx.stop.requested:
+            raise Interrupted()
+    return {"metrics": final_metrics(history, train_cfg["target_train_error"], parameters), "history": history, "components": built.components, "model": model}
