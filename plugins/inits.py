@@ -41,8 +41,20 @@ def pytorch():
     return apply
 
 
+def kaiming():
+    """He et al. 2015: weights N(0, 2/fan_in) keep the signal's scale through ReLU layers; biases 0."""
+
+    def apply(layers):
+        for _name, module in layers:
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+
+    return apply
+
+
 @hookimpl
 def register_inits(register):
     register("paper", paper, "N(0, 0.01) weights; biases 1 in conv2/4/5 and fc6/7, 0 elsewhere (section 5)")
     register("caffe", caffe, "Caffe bvlc_alexnet: std 0.01 (fc6/7 0.005), biases 0.1 where the paper has 1")
     register("pytorch", pytorch, "PyTorch's defaults (what torchvision's AlexNet uses)")
+    register("kaiming", kaiming, "He et al. 2015: N(0, 2/fan_in) weights, zero biases (the modern fix for deep ReLU nets)")

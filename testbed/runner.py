@@ -174,6 +174,8 @@ class Display:
 
     def __init__(self, enabled: bool, total_jobs: int):
         self.console = Console(stderr=True)
+        if not self.console.is_terminal:  # a log file or CI: one unwrapped line per event
+            self.console = Console(stderr=True, width=200)
         self.enabled = enabled
         self.live = enabled and self.console.is_terminal
         self.progress = Progress(
