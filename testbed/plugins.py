@@ -28,6 +28,7 @@ LOAD_ONLY_ENV = "TESTBED_LOAD_PLUGINS"
 
 BUILTIN_MODULES = (
     "testbed_builtins.datasets",
+    "testbed_builtins.imagefolder",
     "testbed_builtins.preprocess",
     "testbed_builtins.augmentations",
     "testbed_builtins.activations",

@@ -1,0 +1,405 @@
+"""The ``imagefolder`` dataset: ImageNet-layout folders of JPEG/PNG files.
+
+Layout::
+
+    ROOT/train/<class>/*.jpg|*.jpeg|*.png
+    ROOT/val/<class>/...      (or ROOT/test/<class>/... when there is no val/)
+
+ROOT is ``data.root``, else ``$TESTBED_DATA/imagefolder``. Class names are the sorted
+folder names under ``train/``; the held-out split must have the same folders.
+
+Preprocessing is the paper's (section 2): the shorter side is resized to ``resize`` px
+(bilinear, antialiased) and the central ``crop`` x ``crop`` patch is kept, so every stored
+image is uint8 [3, crop, crop]. Greyscale, palette, RGBA and CMYK files become RGB;
+16-bit PNGs are scaled to 8 bits. ``data.image_size`` sets the stored size (the crop) and
+scales ``resize`` by the same factor (with the defaults, both become ``image_size``).
+
+Small sets (decoded size under ``memory_limit_gib``) are decoded once, by ``workers``
+processes, and held in memory; larger ones stream from disk through DataLoader workers.
+Files without an image extension are ignored (counted, one warning). Files with an image
+extension that cannot be decoded are skipped: at load time in memory (one warning naming
+them), or as they are met when streaming (the loader drops them; one warning per file).
+A corrupt file never stops a run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from testbed import hookimpl
+from testbed.data import DataRequest, InMemoryData, StreamingData, balanced_subset
+from testbed.errors import BadInput
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # compared case-insensitively
+HELD_OUT = ("val", "test")  # the first that exists is the held-out split
+LAYOUT_HINT = "a folder holding train/<class>/*.jpg and val/<class>/*.jpg (or test/<class>/*.jpg)"
+DECODE_BATCH = 64  # images per in-memory decoding task
+SERIAL_BELOW = 256  # up to this many images are decoded in the main process (workers take time to start)
+MAX_ASPECT = 16  # longer side kept before resizing, in multiples of the shorter (bounds memory; the crop is central)
+
+
+def _say(message: str) -> None:
+    print(f"imagefolder: {message}", file=sys.stderr, flush=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason for a decode failure (torchvision's messages start with a C++ source location)."""
+    text = str(exc).strip() or type(exc).__name__
+    text = re.sub(r"^.*?\.(?:cpp|cu|h):\d+,\s*", "", text)
+    return text.splitlines()[0][:160]
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+def _to_rgb_uint8(image: torch.Tensor) -> torch.Tensor:
+    if image.dtype != torch.uint8:  # 16-bit PNG
+        from torchvision.transforms.v2.functional import to_dtype
+
+        image = to_dtype(image, torch.uint8, scale=True)
+    return image
+
+
+def _resize_crop(image: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
+    """Shorter side to ``resize`` (bilinear, antialiased), then the central ``crop`` x ``crop``."""
+    from torchvision.transforms.v2.functional import center_crop, resize as resize_fn
+
+    h, w = image.shape[-2:]
+    if min(h, w) < 1:
+        raise ValueError(f"empty image ({h}x{w})")
+    short = min(h, w)
+    if max(h, w) > MAX_ASPECT * short:  # a sliver: only its centre can reach the crop
+        image = center_crop(image, [min(h, MAX_ASPECT * short), min(w, MAX_ASPECT * short)])
+    image = resize_fn(image, [resize], antialias=True)
+    return center_crop(image, [crop, crop]).contiguous()
+
+
+def load_image(path: str, resize: int, crop: int) -> torch.Tensor:
+    """One file -> uint8 [3, crop, crop] on the CPU. Raises on an unreadable file."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    image = decode_image(read_file(path), mode=ImageReadMode.RGB)
+    return _resize_crop(_to_rgb_uint8(image), resize, crop)
+
+
+def _is_jpeg(data: torch.Tensor) -> bool:
+    return data.numel() > 3 and data[:3].tolist() == [0xFF, 0xD8, 0xFF]
+
+
+def _decode_on_cuda(paths: list[str], resize: int, crop: int) -> list[torch.Tensor | BaseException]:
+    """Decode a batch with nvJPEG (torchvision.io.decode_jpeg(device="cuda")); anything it cannot
+    decode (PNG, CMYK, odd JPEGs) falls back to the CPU path, file by file."""
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    out: list[torch.Tensor | BaseException | None] = [None] * len(paths)
+    datas: dict[int, torch.Tensor] = {}
+    for i, path in enumerate(paths):
+        try:
+            datas[i] = read_file(path)
+        except Exception as exc:
+            out[i] = exc
+    jpegs = [i for i, d in datas.items() if _is_jpeg(d)]
+    decoded: dict[int, torch.Tensor] = {}
+    if jpegs:
+        try:
+            images = decode_jpeg([datas[i] for i in jpegs], mode=ImageReadMode.RGB, device="cuda")
+            decoded = dict(zip(jpegs, images))
+        except Exception:  # one bad file fails the batch: retry one by one
+            for i in jpegs:
+                try:
+                    decoded[i] = decode_jpeg(datas[i], mode=ImageReadMode.RGB, device="cuda")
+                except Exception:
+                    pass
+    for i in datas:
+        try:
+            if i in decoded and decoded[i].shape[0] == 3:
+                out[i] = _resize_crop(decoded[i], resize, crop).cpu()
+            else:
+                out[i] = load_image(paths[i], resize, crop)
+        except Exception as exc:
+            out[i] = exc
+    return out
+
+
+# ---------------------------------------------------------------------------- the split datasets
+
+
+class _Paths:
+    """File paths packed into one bytes object, so DataLoader workers do not copy a million
+    Python strings by touching their reference counts (fork's copy-on-write)."""
+
+    def __init__(self, base: str, relative: list[str]):
+        encoded = [r.encode("utf-8", "surrogateescape") for r in relative]
+        self.base = base
+        self.blob = b"".join(encoded)
+        self.offsets = torch.tensor([0] + [len(e) for e in encoded], dtype=torch.int64).cumsum(0)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+        return os.path.join(self.base, self.blob[start:end].decode("utf-8", "surrogateescape"))
+
+
+class ImageFolderSplit(torch.utils.data.Dataset):
+    """One split as a map-style Dataset: ``(uint8 [3, crop, crop], label)``, or None for a file
+    that cannot be read (a warning names it, once per file, across workers and epochs)."""
+
+    def __init__(self, base: str, relative: list[str], labels: list[int], resize: int, crop: int):
+        self.paths = _Paths(base, relative)
+        self.labels = torch.tensor(labels, dtype=torch.int64)
+        self.resize, self.crop = resize, crop
+        self.warned = torch.zeros(len(relative), dtype=torch.uint8).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def path(self, i: int) -> str:
+        return self.paths[i]
+
+    def __getitem__(self, i: int):
+        try:
+            return load_image(self.paths[i], self.resize, self.crop), int(self.labels[i])
+        except Exception as exc:  # never stop an epoch for one file
+            if not self.warned[i]:
+                self.warned[i] = 1
+                _say(f"warning: skipping unreadable {self.paths[i]}: {_reason(exc)}")
+            return None
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """For the in-memory load: (index, image or the exception) without warnings."""
+
+    def __init__(self, split: ImageFolderSplit):
+        self.split = split
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        try:
+            return i, load_image(self.split.path(i), self.split.resize, self.split.crop)
+        except Exception as exc:
+            return i, RuntimeError(_reason(exc))
+
+
+def _collate_indexed(samples):
+    """(indices of decoded images, their stack, [(index, failure)]): one tensor per batch crosses
+    the process boundary, not one per image."""
+    good = [(i, r) for i, r in samples if not isinstance(r, BaseException)]
+    bad = [(i, r) for i, r in samples if isinstance(r, BaseException)]
+    images = torch.stack([r for _i, r in good]) if good else None
+    return torch.tensor([i for i, _r in good], dtype=torch.int64), images, bad
+
+
+def _decode_all(split: ImageFolderSplit, name: str, workers: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of a split decoded into uint8 [N, 3, S, S]; unreadable files dropped with a warning."""
+    n, size = len(split), split.crop
+    images = torch.empty(n, 3, size, size, dtype=torch.uint8)
+    ok = torch.zeros(n, dtype=torch.bool)
+    failures: list[tuple[str, str]] = []
+
+    def take(i, result):
+        if isinstance(result, BaseException):
+            failures.append((split.path(i), _reason(result)))
+        else:
+            images[i] = result
+            ok[i] = True
+
+    batch = DECODE_BATCH
+    if device == "cuda":
+        for start in range(0, n, batch):
+            idx = range(start, min(n, start + batch))
+            for i, result in zip(idx, _decode_on_cuda([split.path(i) for i in idx], split.resize, split.crop)):
+                take(i, result)
+    else:
+        workers = min(workers, math.ceil(n / batch)) if n > SERIAL_BELOW else 0
+        loader = torch.utils.data.DataLoader(_Indexed(split), batch_size=batch, num_workers=workers, collate_fn=_collate_indexed)
+        for idx, batch_images, bad in loader:
+            if batch_images is not None:
+                images[idx] = batch_images
+                ok[idx] = True
+            for i, result in bad:
+                take(i, result)
+    if failures:
+        failures.sort()
+        shown = "; ".join(f"{path} ({why})" for path, why in failures[:5])
+        more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+        _say(f"warning: skipped {len(failures)} unreadable file(s) of {n} in {name}/: {shown}{more}")
+        return images[ok], split.labels[ok]
+    return images, split.labels
+
+
+# ---------------------------------------------------------------------------- scanning
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scan(split_dir: Path, class_names: list[str], ignored: list[str]) -> tuple[list[str], list[int], list[str]]:
+    """(paths relative to split_dir, labels, empty class folders); non-image files go to ``ignored``."""
+    relative, labels, empty = [], [], []
+    for label, name in enumerate(class_names):
+        found = []
+        for folder, dirs, files in os.walk(split_dir / name, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            rel_folder = os.path.relpath(folder, split_dir)
+            for f in sorted(files):
+                if f.startswith("."):
+                    continue  # .DS_Store, ._x.jpg resource forks, editor droppings
+                if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                    found.append(os.path.join(rel_folder, f))
+                else:
+                    ignored.append(os.path.join(folder, f))
+        if not found:
+            empty.append(name)
+        relative += found
+        labels += [label] * len(found)
+    return relative, labels, empty
+
+
+def _root(request: DataRequest) -> Path:
+    if request.root is not None:
+        root = request.root
+        where = "data.root"
+    elif request.data_home() is not None:
+        root = request.data_home() / "imagefolder"
+        where = "$TESTBED_DATA/imagefolder"
+    else:
+        raise BadInput(
+            f"imagefolder: no data folder given; set data.root to {LAYOUT_HINT} "
+            f"(or set TESTBED_DATA to a folder holding imagefolder/train/...)"
+        )
+    if not root.is_dir():
+        raise BadInput(f"imagefolder: no such folder {root} ({where}); set data.root to {LAYOUT_HINT}")
+    return root
+
+
+def _splits(root: Path) -> tuple[Path, Path, list[str]]:
+    train = root / "train"
+    if not train.is_dir():
+        inside = ", ".join(sorted(p.name for p in root.iterdir())[:8]) or "nothing"
+        raise BadInput(f"imagefolder: no train/ folder in {root} (it holds: {inside}); set data.root to {LAYOUT_HINT}")
+    held = next((root / h for h in HELD_OUT if (root / h).is_dir()), None)
+    if held is None:
+        raise BadInput(f"imagefolder: no val/ or test/ folder in {root} for the held-out images; set data.root to {LAYOUT_HINT}")
+    names = _class_folders(train)
+    if not names:
+        raise BadInput(f"imagefolder: {train} has no class folders; it must hold one folder of images per class")
+    held_names = _class_folders(held)
+    if not held_names:
+        loose = sum(1 for p in held.iterdir() if p.is_file())
+        extra = f" ({loose} files lie directly in it; sort them into {held.name}/<class>/ folders)" if loose else ""
+        raise BadInput(f"imagefolder: {held} has no class folders{extra}")
+    missing = sorted(set(names) - set(held_names))
+    extra = sorted(set(held_names) - set(names))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing in {held.name}/: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        if extra:
+            parts.append(f"in {held.name}/ but not in train/: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+        raise BadInput(f"imagefolder: {root}: the class folders of train/ and {held.name}/ differ ({'; '.join(parts)})")
+    return train, held, names
+
+
+# ---------------------------------------------------------------------------- the factory
+
+
+def imagefolder(
+    request: DataRequest,
+    *,
+    resize: int = 256,
+    crop: int = 256,
+    in_memory: Literal["auto", "yes", "no"] = "auto",
+    workers: int = 4,
+    memory_limit_gib: float = 2.0,
+    decode_device: Literal["cpu", "cuda", "auto"] = "cpu",
+):
+    """ImageNet layout (train/ and val/ or test/, one folder per class): shorter side to 256, centre 256 crop."""
+    if resize < 1 or crop < 1:
+        raise ValueError(f"resize and crop must be >= 1 px, got resize={resize}, crop={crop}")
+    if crop > resize:
+        raise ValueError(f"crop = {crop} is larger than resize = {resize}: the crop must fit in the resized shorter side")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0 (0: decode in the main process), got {workers}")
+    if memory_limit_gib < 0:
+        raise ValueError(f"memory_limit_gib must be >= 0, got {memory_limit_gib}")
+    if decode_device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("decode_device = 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+    if request.image_size is not None:  # store at data.image_size, keeping the resize:crop ratio
+        resize, crop = max(request.image_size, round(resize * request.image_size / crop)), request.image_size
+
+    root = _root(request)
+    train_dir, held_dir, names = _splits(root)
+    if request.classes is not None:
+        if request.classes > len(names):
+            raise BadInput(f"data.classes = {request.classes}: {train_dir} has only {len(names)} class folders")
+        names = names[: request.classes]
+
+    ignored: list[str] = []
+    splits = []
+    for split_dir, size, key in ((train_dir, request.train_size, "data.train_size"), (held_dir, request.test_size, "data.test_size")):
+        relative, labels, empty = _scan(split_dir, names, ignored)
+        if split_dir is train_dir and empty:
+            _say(f"warning: {len(empty)} class folder(s) of {train_dir} hold no images: {', '.join(empty[:5])}")
+        if not relative:
+            raise BadInput(f"imagefolder: no {'/'.join(IMAGE_EXTENSIONS)} images in the class folders of {split_dir}")
+        idx = balanced_subset(torch.tensor(labels), size, request.seed, key)
+        if idx is not None:
+            keep = idx.tolist()
+            relative, labels = [relative[i] for i in keep], [labels[i] for i in keep]
+        splits.append(ImageFolderSplit(str(split_dir), relative, labels, resize, crop))
+    if ignored:
+        _say(f"ignored {len(ignored)} file(s) that are not {'/'.join(IMAGE_EXTENSIONS)} images (e.g. {ignored[0]})")
+    train_set, test_set = splits
+
+    n = len(train_set) + len(test_set)
+    in_bytes = n * 3 * crop * crop
+    if in_memory == "auto":
+        keep_in_memory = in_bytes <= memory_limit_gib * 2**30
+    else:
+        keep_in_memory = in_memory == "yes"
+    device = "cuda" if decode_device == "cuda" or (decode_device == "auto" and torch.cuda.is_available()) else "cpu"
+
+    if not keep_in_memory:
+        if decode_device == "cuda":
+            _say("note: decode_device = 'cuda' applies to in-memory loading; streamed images are decoded by CPU workers")
+        _say(f"streaming {len(train_set)} + {len(test_set)} images from {root} ({in_bytes / 2**30:.1f} GiB decoded; "
+             f"{workers} workers, {crop} px)")
+        return StreamingData(train_set, test_set, list(names), crop, workers)
+
+    started = time.monotonic()
+    if n > 1000:
+        _say(f"decoding {n} images from {root} into memory ({in_bytes / 2**30:.2f} GiB, {crop} px, on {device})...")
+    train = _decode_all(train_set, train_dir.name, workers, device)
+    test = _decode_all(test_set, held_dir.name, workers, device)
+    for (_images, labels), folder in ((train, train_dir), (test, held_dir)):
+        if not len(labels):
+            raise BadInput(f"imagefolder: none of the images in {folder} could be decoded")
+    if n > 1000:
+        _say(f"decoded in {time.monotonic() - started:.0f} s")
+    return InMemoryData(*train, *test, class_names=list(names))
+
+
+# What `testbed show` may assume without loading the data (the class count depends on the folder).
+imagefolder.image_size = 256
+
+
+@hookimpl
+def register_datasets(register):
+    register(
+        "imagefolder",
+        imagefolder,
+        "ImageNet layout (train/ + val/ or test/, a folder per class, JPEG/PNG): shorter side to 256, centre crop",
+    )
