@@ -102,8 +102,12 @@ def default_cache() -> Path:
 
 def decode_folder_split(split_dir: Path, class_names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode train/<class>/*.jpg|png into uint8 [N, 3, H, W] (all images must share one size)."""
+    import warnings
+
     from torchvision.io import ImageReadMode, decode_image, read_file
 
+    # torchvision 0.29 deprecates its decoders in favour of torchcodec, warning on every call.
+    warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities of TorchVision are deprecated.*")
     images, labels = [], []
     for label, name in enumerate(class_names):
         folder = split_dir / name

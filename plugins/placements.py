@@ -47,9 +47,9 @@ def _split_rows(layer: nn.Module, part: int, parts: int, device) -> nn.Module:
     sl = slice(part * rows, (part + 1) * rows)
     if isinstance(layer, nn.Conv2d):
         in_channels = layer.weight.shape[1]  # per group for grouped convs: exactly this tower's inputs
-        new = nn.Conv2d(in_channels, rows, layer.kernel_size, layer.stride, layer.padding, device="meta")
+        new = nn.Conv2d(in_channels, rows, layer.kernel_size, layer.stride, layer.padding, device="meta", dtype=layer.weight.dtype)
     else:
-        new = nn.Linear(layer.in_features, rows, device="meta")
+        new = nn.Linear(layer.in_features, rows, device="meta", dtype=layer.weight.dtype)
     new = new.to_empty(device=device)
     with torch.no_grad():
         new.weight.copy_(layer.weight[sl])

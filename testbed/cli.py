@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from testbed import __version__, plugins
-from testbed.errors import BadInput
+from testbed.errors import BadInput, PluginFailure
 
 EPILOG = "Docs: README.md and docs/writing-plugins.md. Exit codes: 0 done, 1 a variant failed or diverged, 2 bad input."
 
@@ -32,6 +32,9 @@ def guarded(fn):
             message = " ".join(str(exc).split("\n"))
             click.echo(f"error: {message}", err=True)
             sys.exit(2)
+        except PluginFailure as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
 
     return wrapper
 
@@ -90,7 +93,7 @@ def run(file, out, sets, only, seeds, device, as_json, force, quiet):
     experiment, registry = _load(file, sets)
     experiment = runner.select(experiment, list(only), seeds)
     dist = runner.distributed_from_env(experiment, registry)
-    data = runner.validate(experiment, registry)
+    runner.validate(experiment, registry)
     device_obj = runner.resolve_device(device, dist)
     runner.init_process_group(experiment, registry, dist, device_obj)
     run_dir = out if out is not None else runner.default_run_dir(experiment)
@@ -100,7 +103,7 @@ def run(file, out, sets, only, seeds, device, as_json, force, quiet):
         runner.prepare_run_dir(run_dir, experiment, force)
     if dist.active:
         torch_barrier()
-    outcome = runner.execute(experiment, run_dir, registry, runner.RunOptions(device, as_json, quiet), dist, data)
+    outcome = runner.execute(experiment, run_dir, registry, runner.RunOptions(device, as_json, quiet), dist)
     _finish(outcome, run_dir, as_json, dist.rank)
 
 
@@ -110,9 +113,19 @@ def torch_barrier():
     torch.distributed.barrier()
 
 
+def _leave_process_group():
+    """Every rank waits for rank 0's summary, then the group is torn down cleanly (no abort at exit)."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def _finish(outcome, run_dir: Path, as_json: bool, rank: int = 0):
+    _leave_process_group()
     if rank != 0:
-        sys.exit(outcome.exit_code if outcome.exit_code != 130 else 130)
+        sys.exit(outcome.exit_code)
     from testbed.report import render, table_console
 
     if as_json:
@@ -142,10 +155,10 @@ def resume(run_dir, device, as_json, quiet):
     store.close()
     registry = _registry()
     dist = runner.distributed_from_env(experiment, registry)
-    data = runner.validate(experiment, registry)
+    runner.validate(experiment, registry)
     device_obj = runner.resolve_device(device, dist)
     runner.init_process_group(experiment, registry, dist, device_obj)
-    outcome = runner.execute(experiment, run_dir, registry, runner.RunOptions(device, as_json, quiet), dist, data)
+    outcome = runner.execute(experiment, run_dir, registry, runner.RunOptions(device, as_json, quiet), dist)
     _finish(outcome, run_dir, as_json, dist.rank)
 
 
@@ -243,7 +256,10 @@ def bench(file, sets, only, device, steps, as_json):
 
     experiment, registry = _load(file, sets)
     experiment = runner.select(experiment, list(only), None)
-    data = runner.validate(experiment, registry)
+    from testbed.data import load_dataset
+
+    runner.validate(experiment, registry)
+    data = {v.name: load_dataset(v.config["data"], registry) for v in experiment.variants}  # cached by validate
     doc = bench_experiment(experiment, registry, data, runner.resolve_device(device, runner.Dist()), steps, err_console())
     if as_json:
         emit_json(doc)

@@ -8,7 +8,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from testbed.data import load_dataset
-from testbed.errors import BadInput
+from testbed import plugins
+from testbed.errors import BadInput, PluginFailure
 from testbed.experiment import Experiment
 from testbed.model import build_model, layer_shapes, parameter_count
 
@@ -66,6 +67,10 @@ def describe_experiment(experiment: Experiment, registry) -> dict:
         except BadInput as exc:
             where = "" if v.name == "baseline" else f"variant '{v.name}': "
             raise BadInput(f"{experiment.path}: {where}{exc}") from None
+        except Exception as exc:
+            raise PluginFailure(
+                f"{experiment.path}: variant '{v.name}': a component raised {type(exc).__name__}: {exc} [plugin {plugins.blame(exc)}]"
+            ) from None
     return {"experiment": experiment.name, "path": experiment.path, "description": experiment.description, "variants": variants}
 
 

@@ -9,6 +9,10 @@ class BadInput(Exception):
     """Something the user gave us is wrong: a file, a key, a value, a path (exit code 2)."""
 
 
+class PluginFailure(Exception):
+    """A component raised while being built or run outside a job (exit code 1, one line)."""
+
+
 class ComponentError(BadInput):
     """A component refused its parameters (raised by factories; reported with the dotted key)."""
 
@@ -21,3 +25,12 @@ def did_you_mean(word: str, choices) -> str:
 
 def choices_text(choices) -> str:
     return ", ".join(sorted(str(c) for c in choices)) or "none registered"
+
+
+def short_repr(value, limit: int = 60) -> str:
+    """repr(value) cut to `limit` characters, so one bad value cannot swamp the error line."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # nested too deeply; an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

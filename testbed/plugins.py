@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import types
 import sys
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -151,3 +152,20 @@ def _collect(st: PluginState) -> Registry:
 def warn_load_errors() -> None:
     for line in state().load_errors:
         print(f"warning: {line}", file=sys.stderr)
+
+
+def blame(exc: BaseException) -> str:
+    """The plugin whose code raised: the innermost traceback frame inside a registered plugin module."""
+    modules = {}
+    for plugin in manager().get_plugins():  # a plugin is a module, or an object whose class lives in one
+        module = plugin.__name__ if isinstance(plugin, types.ModuleType) else type(plugin).__module__
+        modules[module] = manager().get_name(plugin)
+    found = "testbed"
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        for name, plugin in modules.items():
+            if module == name or module.startswith(name + "."):
+                found = plugin
+        tb = tb.tb_next
+    return found

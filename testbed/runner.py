@@ -96,9 +96,10 @@ def init_process_group(experiment: Experiment, registry, dist: Dist, device: tor
     torch.distributed.init_process_group(backend, timeout=datetime.timedelta(hours=2))
 
 
-def validate(experiment: Experiment, registry) -> dict:
-    """Load every variant's data and build every model shape-only: all bad input surfaces now."""
-    data = {}
+def validate(experiment: Experiment, registry) -> None:
+    """Load every variant's data and build every model shape-only, so that bad input surfaces
+    before any training. A component that raises anything else fails its own job later, where
+    the failure is recorded with the plugin's name, instead of stopping the grid here."""
     for v in experiment.variants:
         try:
             dataset = load_dataset(v.config["data"], registry)
@@ -107,8 +108,8 @@ def validate(experiment: Experiment, registry) -> dict:
         except BadInput as exc:
             where = "" if v.name == "baseline" else f"variant '{v.name}': "
             raise BadInput(f"{experiment.path}: {where}{exc}") from None
-        data[v.name] = dataset
-    return data
+        except Exception:
+            continue
 
 
 def default_run_dir(experiment: Experiment) -> Path:
@@ -136,24 +137,6 @@ def prepare_run_dir(run_dir: Path, experiment: Experiment, force: bool) -> None:
 
 def checkpoint_path(run_dir: Path, variant: str, seed: int) -> Path:
     return run_dir / "checkpoints" / variant / f"seed-{seed}.pt"
-
-
-def blame(exc: BaseException) -> str:
-    """The plugin whose code raised: the innermost traceback frame inside a registered plugin module."""
-    modules = {
-        plugin.__name__: plugins.manager().get_name(plugin)
-        for plugin in plugins.manager().get_plugins()
-        if hasattr(plugin, "__name__")
-    }
-    found = "testbed"
-    tb = exc.__traceback__
-    while tb is not None:
-        module = tb.tb_frame.f_globals.get("__name__", "")
-        for name, plugin in modules.items():
-            if module == name or module.startswith(name + "."):
-                found = plugin
-        tb = tb.tb_next
-    return found
 
 
 def environment(device: torch.device, dist: Dist) -> dict:
@@ -254,7 +237,7 @@ class _Signals:
             signal.signal(sig, old)
 
 
-def execute(experiment: Experiment, run_dir: Path, registry, options: RunOptions, dist: Dist, data: dict) -> Outcome:
+def execute(experiment: Experiment, run_dir: Path, registry, options: RunOptions, dist: Dist) -> Outcome:
     """Run every unfinished job of the experiment into run_dir; return the summary and exit code."""
     rank0 = dist.rank == 0
     device = resolve_device(options.device, dist)
@@ -283,7 +266,7 @@ def execute(experiment: Experiment, run_dir: Path, registry, options: RunOptions
                     interrupted = True
                     break
                 try:
-                    run_one(v, seed, data[v.name], registry, device, run_dir, store, display, signals.stop,
+                    run_one(v, seed, registry, device, run_dir, store, display, signals.stop,
                             dist if placement.distributed else Dist())
                 except Interrupted:
                     interrupted = True
@@ -309,10 +292,9 @@ def _broadcast(value, dist: Dist):
     return box[0]
 
 
-def run_one(v: Variant, seed: int, data, registry, device, run_dir: Path, store, display: Display, stop: StopFlag, dist: Dist) -> None:
+def run_one(v: Variant, seed: int, registry, device, run_dir: Path, store, display: Display, stop: StopFlag, dist: Dist) -> None:
     rank0 = store is not None
     ckpt = checkpoint_path(run_dir, v.name, seed)
-    steps = max(1, len(data) // v.config["train"]["batch_size"])
     done = 0
     if rank0 and ckpt.exists():
         from testbed.train import load_checkpoint
@@ -321,7 +303,6 @@ def run_one(v: Variant, seed: int, data, registry, device, run_dir: Path, store,
         store.sync_history(v.name, seed, state["history"])
         done = state["epoch"]
     if rank0:
-        display.start_job(v.name, seed, v.config["train"]["epochs"], steps, done)
         store.start_job(v.name, seed, {}, environment(device, dist))
 
     def on_epoch(record):
@@ -329,9 +310,13 @@ def run_one(v: Variant, seed: int, data, registry, device, run_dir: Path, store,
             store.record_epoch(v.name, seed, record)
             display.on_epoch(v.name, seed, record)
 
-    ctx = JobContext(v, seed, data, registry, device, ckpt, on_epoch=on_epoch,
-                     on_progress=display.on_progress if rank0 else (lambda p: None), stop=stop, dist=dist)
     try:
+        data = load_dataset(v.config["data"], registry)  # loaded (and cached) by validate()
+        if rank0:
+            steps = max(1, len(data) // v.config["train"]["batch_size"])
+            display.start_job(v.name, seed, v.config["train"]["epochs"], steps, done)
+        ctx = JobContext(v, seed, data, registry, device, ckpt, on_epoch=on_epoch,
+                         on_progress=display.on_progress if rank0 else (lambda p: None), stop=stop, dist=dist)
         result = run_job(ctx)
     except Interrupted:
         if rank0:
@@ -346,12 +331,12 @@ def run_one(v: Variant, seed: int, data, registry, device, run_dir: Path, store,
         raise
     except BadInput as exc:
         if rank0:
-            store.finish_job(v.name, seed, "failed", message=str(exc), plugin=blame(exc))
+            store.finish_job(v.name, seed, "failed", message=str(exc), plugin=plugins.blame(exc))
             display.finish_job(v.name, seed, "failed", str(exc))
         return
     except Exception as exc:  # a component that raises fails its job, not the grid
         if rank0:
-            plugin = blame(exc)
+            plugin = plugins.blame(exc)
             message = f"{type(exc).__name__}: {exc}"
             store.finish_job(v.name, seed, "failed", message=message, plugin=plugin)
             display.finish_job(v.name, seed, "failed", f"{message} [plugin {plugin}]")

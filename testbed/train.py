@@ -324,9 +324,12 @@ def run_job(ctx: JobContext) -> dict:
         if generator is None:
             generator = augmentation_generator(input_device, ctx.seed, epoch)
         train_model.train()
-        loss_sum = torch.zeros((), device=input_device, dtype=torch.float64)
-        wrong = torch.zeros((), device=input_device, dtype=torch.float64)
-        seen = 0
+        # Resumed mid-epoch: carry on from the sums at the interruption, so the additions happen
+        # in the same order as in an uninterrupted run and the epoch's numbers come out identical.
+        loss_sum = torch.tensor(partial["loss_sum"], device=input_device, dtype=torch.float64)
+        wrong = torch.tensor(partial["wrong"], device=input_device, dtype=torch.float64)
+        seen = int(partial["seen"])
+        time_before = partial["train_s"]
         first_step = start_step
         tick = time.perf_counter()
         for step, (x, y) in enumerate(pipeline.train_batches(epoch, ctx.seed, batch_size, generator, start_step, ctx.dist.rank, ctx.dist.world), start=start_step + 1):
@@ -349,17 +352,14 @@ def run_job(ctx: JobContext) -> dict:
                 if not math.isfinite(current):
                     raise Diverged(epoch, step, current)
                 ctx.on_progress(Progress(epoch, train_cfg["epochs"], step, steps, current, float(wrong) / max(seen, 1)))
-            if ctx.stop.requested and step < steps:  # at the last step, finish the epoch first
-                partial = {
-                    "loss_sum": partial["loss_sum"] + float(loss_sum),
-                    "wrong": partial["wrong"] + float(wrong),
-                    "seen": partial["seen"] + seen,
-                    "train_s": partial["train_s"] + time.perf_counter() - tick,
-                }
+            # Stop mid-epoch at the user's request (at the last step, finish the epoch first). Under DDP
+            # the ranks agree on stopping at the epoch's end instead, so no collective is left waiting.
+            if ctx.stop.requested and step < steps and not ctx.dist.active:
+                partial = {"loss_sum": float(loss_sum), "wrong": float(wrong), "seen": seen, "train_s": time_before + time.perf_counter() - tick}
                 checkpoint(epoch - 1, step, generator)
                 raise Interrupted()
-        train_s = time.perf_counter() - tick + partial["train_s"]
-        totals = ctx.dist.sum([float(loss_sum) + partial["loss_sum"], float(wrong) + partial["wrong"], seen + partial["seen"]], input_device)
+        train_s = time.perf_counter() - tick + time_before
+        totals = ctx.dist.sum([float(loss_sum), float(wrong), seen], input_device)
         if not math.isfinite(totals[0]):
             raise Diverged(epoch, steps, totals[0])
         eval_tick = time.perf_counter()
@@ -376,6 +376,7 @@ def run_job(ctx: JobContext) -> dict:
             "images": int(totals[2]),
             "images_per_s": totals[2] / train_s if train_s > 0 else None,
             "resumed_mid_epoch": bool(first_step),
+            "skipped_unreadable": pipeline.skipped,  # images a streaming dataset could not read, so far
             "saturation": saturation_stats(model, pipeline, precision) if ctx.dist.rank == 0 else {},
         }
         history.append(record)
@@ -384,6 +385,6 @@ def run_job(ctx: JobContext) -> dict:
         start_step, generator = 0, None
         checkpoint(epoch, 0)
         ctx.on_epoch(record)
-        if ctx.stop.requested:
+        if ctx.dist.sum([float(ctx.stop.requested)], input_device)[0] > 0:
             raise Interrupted()
     return {"metrics": final_metrics(history, train_cfg["target_train_error"], parameters), "history": history, "components": built.components, "model": model}

@@ -1,0 +1,94 @@
+"""LRN against the paper's formula written out as a direct loop, for both alpha conventions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from testbed_builtins.normalizations import lrn, window_sum
+
+
+def lrn_by_the_formula(a: torch.Tensor, n: int, alpha: float, beta: float, k: float, convention: str) -> torch.Tensor:
+    """b[i] = a[i] / (k + scale * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a[j]^2)^beta, one channel at a time."""
+    scale = alpha / n if convention == "divided-by-n" else alpha
+    channels = a.shape[1]
+    out = []
+    for i in range(channels):
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+        total = sum(a[:, j] ** 2 for j in range(lo, hi + 1))
+        out.append(a[:, i] / (k + scale * total) ** beta)
+    return torch.stack(out, dim=1)
+
+
+CASES = [
+    dict(size=5, alpha=1e-4, beta=0.75, k=2.0),  # the paper's values
+    dict(size=3, alpha=0.5, beta=0.75, k=1.0),  # large alpha so the sum matters
+    dict(size=7, alpha=2.0, beta=0.5, k=0.5),
+    dict(size=1, alpha=1.0, beta=1.0, k=1.0),
+]
+
+
+@pytest.mark.parametrize("convention", ["per-term", "divided-by-n"])
+@pytest.mark.parametrize("params", CASES)
+def test_values_and_gradients_match_the_formula(convention, params):
+    torch.manual_seed(0)
+    a = (torch.randn(2, 9, 4, 3, dtype=torch.float64) * 3).requires_grad_()
+    module = lrn(9, alpha_convention=convention, **params)
+    got = module(a)
+    want = lrn_by_the_formula(a, params["size"], params["alpha"], params["beta"], params["k"], convention)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(got)
+    (grad_got,) = torch.autograd.grad(got, a, g)
+    (grad_want,) = torch.autograd.grad(want, a, g)
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("convention", ["per-term", "divided-by-n"])
+def test_gradcheck_float64(convention):
+    torch.manual_seed(1)
+    a = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    module = lrn(6, size=5, alpha=0.7, beta=0.75, k=1.5, alpha_convention=convention)
+    assert torch.autograd.gradcheck(module, (a,), eps=1e-6, atol=1e-7)
+
+
+def test_float32_within_1e5_of_the_formula():
+    torch.manual_seed(2)
+    a = torch.relu(torch.randn(8, 48, 13, 13)) * 40  # post-ReLU activations at the paper's scale
+    module = lrn(48)
+    want = lrn_by_the_formula(a.double(), 5, 1e-4, 0.75, 2.0, "divided-by-n")
+    torch.testing.assert_close(module(a).double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_divided_by_n_is_what_torch_local_response_norm_computes():
+    torch.manual_seed(3)
+    a = torch.randn(4, 16, 5, 5, dtype=torch.float64) * 5
+    ours = lrn(16, size=5, alpha=0.3, beta=0.75, k=2.0, alpha_convention="divided-by-n")(a)
+    theirs = torch.nn.LocalResponseNorm(5, alpha=0.3, beta=0.75, k=2.0)(a)
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_the_two_conventions_differ_by_a_factor_n_in_alpha():
+    a = torch.randn(2, 10, 3, 3, dtype=torch.float64) * 4
+    per_term = lrn(10, size=5, alpha=0.2, alpha_convention="per-term")(a)
+    divided = lrn(10, size=5, alpha=1.0, alpha_convention="divided-by-n")(a)
+    torch.testing.assert_close(per_term, divided)
+    assert not torch.allclose(per_term, lrn(10, size=5, alpha=0.2, alpha_convention="divided-by-n")(a))
+
+
+def test_window_sum_clips_at_the_ends():
+    x = torch.arange(1.0, 7.0).view(1, 6, 1, 1)  # channels 1..6
+    got = window_sum(x, 2).flatten().tolist()
+    assert got == [1 + 2 + 3, 1 + 2 + 3 + 4, 1 + 2 + 3 + 4 + 5, 2 + 3 + 4 + 5 + 6, 3 + 4 + 5 + 6, 4 + 5 + 6]
+
+
+@pytest.mark.parametrize("bad", [dict(size=4), dict(size=0), dict(k=0.0), dict(alpha=-1.0)])
+def test_impossible_parameters_are_refused(bad):
+    with pytest.raises(ValueError):
+        lrn(8, **bad)
+
+
+def test_half_precision_input_is_normalised_in_float32():
+    a = torch.randn(2, 8, 4, 4) * 10
+    out = lrn(8)(a.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), lrn(8)(a), rtol=2e-2, atol=2e-2)

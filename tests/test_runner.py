@@ -1,0 +1,252 @@
+"""The grid runner end to end: metrics arithmetic, determinism, resume, failure isolation, safe loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import testbed
+from testbed.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+LEARNING = ("top1_error", "top5_error", "train_error", "train_loss", "epochs_to_target")
+
+TINY = """
+name = "tiny"
+[data]
+dataset = "synthetic"
+train_size = {train_size}
+test_size = 100
+preprocess = "standardize"
+[model]
+geometry = "cifar"
+width = 0.125
+init = "kaiming"
+[augment]
+train = [{{ name = "random-crop", padding = 2 }}, "hflip", "pca-lighting"]
+[train]
+epochs = {epochs}
+batch_size = 32
+optimizer = {{ name = "sgd", lr = 0.02 }}
+schedule = "constant"
+seeds = {seeds}
+target_train_error = 0.85
+"""
+
+
+def experiment(tmp_path: Path, variants: str = "", epochs: int = 2, seeds: int = 1, train_size: int = 256) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.format(epochs=epochs, seeds=seeds, train_size=train_size) + variants)
+    return path
+
+
+def cli(*args, timeout=600, **popen):
+    env = {**os.environ, "TESTBED_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "2"}
+    return subprocess.run([sys.executable, "-m", "testbed", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO, **popen)
+
+
+def learning_metrics(doc: dict) -> dict:
+    return {v["name"]: {m: v["metrics"][m]["values"] for m in LEARNING} for v in doc["variants"]}
+
+
+def test_mean_std_and_delta_come_from_the_stored_seeds(tmp_path):
+    file = experiment(tmp_path, '[[variant]]\nname = "no-lrn"\nmodel.normalization = "none"\npaper = { top1 = 1.4, top5 = 1.2 }\n', seeds=2)
+    proc = cli("run", str(file), "--out", str(tmp_path / "run"), "--json", "-q")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    db = sqlite3.connect(tmp_path / "run" / "results.sqlite")
+    stored = {}
+    for variant, seed, metrics in db.execute("SELECT variant, seed, metrics FROM jobs"):
+        stored.setdefault(variant, {})[seed] = json.loads(metrics)
+    # the per-epoch rows agree with the final metrics: the last epoch's test error is top1_error
+    for variant, seed, top1 in db.execute("SELECT variant, seed, test_top1 FROM epochs WHERE epoch = 2"):
+        assert stored[variant][seed]["top1_error"] == top1
+    by_name = {v["name"]: v for v in doc["variants"]}
+    for name, variant in by_name.items():
+        for metric in ("top1_error", "top5_error", "train_error", "train_loss"):
+            values = [stored[name][s][metric] for s in (0, 1)]
+            assert variant["metrics"][metric]["values"] == values
+            assert variant["metrics"][metric]["mean"] == pytest.approx(sum(values) / 2)
+            assert variant["metrics"][metric]["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    base, var = by_name["baseline"]["metrics"]["top1_error"], by_name["no-lrn"]["metrics"]["top1_error"]
+    d = by_name["no-lrn"]["delta_vs_baseline"]["top1_error"]
+    assert d["delta"] == pytest.approx(var["mean"] - base["mean"])
+    se = (statistics.stdev(var["values"]) ** 2 / 2 + statistics.stdev(base["values"]) ** 2 / 2) ** 0.5
+    assert d["se"] == pytest.approx(se)
+    assert d["within_noise"] == (abs(d["delta"]) < 2 * se)
+    assert by_name["no-lrn"]["paper"] == {"top1": 1.4, "top5": 1.2}
+    # the run directory holds the store, the resolved experiment and both kinds of plot
+    run = tmp_path / "run"
+    assert (run / "experiment.json").is_file() and (run / "experiment.toml").is_file()
+    assert (run / "plots" / "learning-curves.png").stat().st_size > 1000
+    assert (run / "plots" / "conv1-baseline.png").stat().st_size > 1000
+    # report prints the same document from the store
+    again = cli("report", str(run), "--json")
+    assert again.returncode == 0 and json.loads(again.stdout) == doc
+    table = cli("report", str(run))
+    assert "no-lrn" in table.stdout and "+1.4/+1.2" in table.stdout
+
+
+def test_same_seed_same_metrics_on_cpu(tmp_path):
+    file = experiment(tmp_path, '[[variant]]\nname = "tanh"\nmodel.activation = "tanh"\n')
+    runs = [cli("run", str(file), "--out", str(tmp_path / f"run{i}"), "--json", "-q") for i in (1, 2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    first, second = (learning_metrics(json.loads(r.stdout)) for r in runs)
+    assert first == second
+
+
+def test_a_model_learns_on_synthetic_data(tmp_path):
+    proc = cli("run", str(experiment(tmp_path, epochs=6, train_size=640)), "--out", str(tmp_path / "run"), "--json", "-q")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout)["variants"][0]["metrics"]
+    assert metrics["top1_error"]["mean"] < 0.6  # chance is 0.9
+    assert metrics["epochs_to_target"]["mean"] is not None
+
+
+def wait_for(predicate, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def completed_epochs(run: Path) -> int:
+    try:
+        db = sqlite3.connect(run / "results.sqlite", timeout=1)
+        return db.execute("SELECT COUNT(*) FROM epochs").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_metrics(tmp_path):
+    file = experiment(tmp_path, epochs=4, train_size=640)
+    reference = cli("run", str(file), "--out", str(tmp_path / "reference"), "--json", "-q")
+    assert reference.returncode == 0, reference.stderr
+
+    run = tmp_path / "killed"
+    env = {**os.environ, "TESTBED_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(file), "--out", str(run), "-q"], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: (run / "checkpoints" / "baseline" / "seed-0.pt").exists() and completed_epochs(run) >= 1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert completed_epochs(run) < 4, "the run finished before it could be killed; make it longer"
+    resumed = cli("resume", str(run), "--json", "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert learning_metrics(json.loads(resumed.stdout)) == learning_metrics(json.loads(reference.stdout))
+
+
+def test_ctrl_c_stops_at_a_safe_point_and_resume_finishes_identically(tmp_path):
+    file = experiment(tmp_path, epochs=3, train_size=960)
+    reference = cli("run", str(file), "--out", str(tmp_path / "reference"), "--json", "-q")
+    run = tmp_path / "interrupted"
+    env = {**os.environ, "TESTBED_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(file), "--out", str(run)], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: completed_epochs(run) >= 1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert f"testbed resume {run}" in err and "Traceback" not in err
+    resumed = cli("resume", str(run), "--json", "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert learning_metrics(json.loads(resumed.stdout)) == learning_metrics(json.loads(reference.stdout))
+
+
+def test_a_diverging_variant_is_isolated(tmp_path):
+    file = experiment(tmp_path, '[[variant]]\nname = "huge-lr"\ntrain.optimizer.lr = 1e6\n'
+                                '[[variant]]\nname = "tanh"\nmodel.activation = "tanh"\n')
+    proc = cli("run", str(file), "--out", str(tmp_path / "run"), "--json", "-q")
+    assert proc.returncode == 1
+    doc = json.loads(proc.stdout)
+    status = {v["name"]: v["status"] for v in doc["variants"]}
+    assert status == {"baseline": "ok", "huge-lr": "diverged", "tanh": "ok"}
+    problem = next(v for v in doc["variants"] if v["name"] == "huge-lr")["problems"][0]
+    assert problem["epoch"] >= 1 and problem["step"] >= 1 and "loss became" in problem["message"]
+    table = cli("report", str(tmp_path / "run"))
+    assert "diverged" in table.stdout
+
+
+class ExplodingActivation(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("this activation always fails")
+
+
+class BrokenPlugin:
+    @testbed.hookimpl
+    def register_activations(self, register):
+        def exploding():
+            return ExplodingActivation()
+
+        register("exploding", exploding, "raises in forward")
+
+
+def test_a_failing_component_is_recorded_with_its_plugin(tmp_path, register_plugin):
+    register_plugin(BrokenPlugin(), "broken-plugin")
+    file = experiment(tmp_path, '[[variant]]\nname = "boom"\nmodel.activation = "exploding"\n')
+    result = CliRunner().invoke(main, ["run", str(file), "--out", str(tmp_path / "run"), "--json", "-q"])
+    assert result.exit_code == 1, result.output
+    doc = json.loads(result.stdout)
+    by_name = {v["name"]: v for v in doc["variants"]}
+    assert by_name["baseline"]["status"] == "ok"
+    assert by_name["boom"]["status"] == "failed"
+    problem = by_name["boom"]["problems"][0]
+    assert problem["plugin"] == "broken-plugin" and "always fails" in problem["message"]
+
+
+class Payload:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    file = experiment(tmp_path, epochs=1)
+    run = tmp_path / "run"
+    proc = cli("run", str(file), "--out", str(run), "-q")
+    assert proc.returncode == 0, proc.stderr
+    # make the job look unfinished and plant a malicious pickle where its checkpoint is
+    db = sqlite3.connect(run / "results.sqlite")
+    db.execute("UPDATE jobs SET status = 'interrupted'")
+    db.commit()
+    marker = tmp_path / "code-ran"
+    ckpt = run / "checkpoints" / "baseline" / "seed-0.pt"
+    torch.save({"format": "testbed-checkpoint", "evil": Payload(marker)}, ckpt)
+    resumed = cli("resume", str(run))
+    assert resumed.returncode == 2
+    assert "refused" in resumed.stderr and str(ckpt) in resumed.stderr
+    assert "Traceback" not in resumed.stderr
+    assert not marker.exists()
+
+
+def test_resume_skips_finished_jobs(tmp_path):
+    file = experiment(tmp_path, epochs=1)
+    run = tmp_path / "run"
+    first = cli("run", str(file), "--out", str(run), "--json", "-q")
+    again = cli("resume", str(run), "--json", "-q")
+    assert again.returncode == 0
+    assert learning_metrics(json.loads(again.stdout)) == learning_metrics(json.loads(first.stdout))
+    db = sqlite3.connect(run / "results.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM epochs").fetchone()[0] == 1  # nothing was trained again
