@@ -1,0 +1,216 @@
+"""docs/writing-plugins.md and examples/testbed-example stay true to the hook API.
+
+(a) every hook in testbed/hookspecs.py is documented with its signature, under a heading of
+its own that names its component kind; (b) the example plugin module registers its components
+under its plugin name; (c) the example experiment runs through the CLI with the example
+package autoloaded from its entry point (needs `pip install -e examples/testbed-example`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+from importlib.metadata import entry_points, version
+from pathlib import Path
+
+import pluggy
+import pytest
+
+from testbed import hookimpl, hookspecs, plugins
+from testbed.errors import BadInput
+from testbed.registry import KINDS
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "writing-plugins.md"
+EXAMPLE = REPO / "examples" / "testbed-example"
+EXAMPLE_MODULE = "testbed_example_plugins"
+EXAMPLE_ENTRY_POINT = "testbed-example"  # [project.entry-points.testbed] in its pyproject.toml
+EXAMPLE_COMPONENTS = {
+    "activation": ("swish", "mish"),
+    "normalization": ("groupnorm",),
+    "augmentation": ("cutout",),
+    "dataset": ("gratings",),
+}
+
+
+# ---------------------------------------------------------------------------- (a) the reference
+
+
+def hookspec_functions() -> dict:
+    """name -> function for every function in testbed.hookspecs marked with @hookspec."""
+    parser = pluggy.PluginManager(hookspecs.hookspec.project_name)  # a bare manager: nothing loaded
+    return {
+        name: function
+        for name, function in inspect.getmembers(hookspecs, inspect.isfunction)
+        if parser.parse_hookspec_opts(hookspecs, name) is not None
+    }
+
+
+HOOKS = hookspec_functions()
+
+
+def doc_sections() -> list[tuple[str, str]]:
+    """(heading line, text up to the next heading of the same or a higher level) in the doc."""
+    lines = DOC.read_text(encoding="utf-8").splitlines()
+    sections = []
+    in_code = False
+    headings = []
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and re.match(r"#{1,6} ", line):
+            headings.append((i, len(line) - len(line.lstrip("#"))))
+    for n, (start, level) in enumerate(headings):
+        end = next((i for i, lvl in headings[n + 1 :] if lvl <= level), len(lines))
+        sections.append((lines[start], "\n".join(lines[start + 1 : end])))
+    return sections
+
+
+def test_hookspecs_are_found():
+    assert len(HOOKS) >= 10
+    # The live plugin manager has exactly these hooks, and each feeds one registry kind.
+    live = {name for name, caller in vars(plugins.manager().hook).items() if getattr(caller, "spec", None) is not None}
+    assert set(HOOKS) == live == set(plugins.HOOK_KINDS)
+
+
+@pytest.mark.parametrize("name", sorted(HOOKS))
+def test_every_hook_is_documented_with_its_signature(name):
+    signature = f"{name}{inspect.signature(HOOKS[name])}"  # e.g. register_datasets(register)
+    headed = [body for heading, body in doc_sections() if f"`{signature}`" in heading]
+    assert headed, f"docs/writing-plugins.md has no heading with `{signature}`; document the hook in its reference section"
+    kind = plugins.HOOK_KINDS.get(name)
+    assert kind is not None, f"hook {name} feeds no registry kind (testbed/plugins.py HOOK_KINDS)"
+    assert f"`{kind}`" in headed[0], f"the section on {signature} does not name its component kind `{kind}`"
+    assert "factory" in headed[0].lower(), f"the section on {signature} does not describe the factory contract"
+
+
+def test_every_hook_in_the_doc_exists():
+    """No stale reference: a documented register_* hook that hookspecs.py no longer has."""
+    for heading, _body in doc_sections():
+        for name in re.findall(r"`(register_\w+)\(", heading):
+            assert name in HOOKS, f"docs/writing-plugins.md documents `{name}`, which testbed/hookspecs.py does not define"
+
+
+def test_every_component_kind_is_documented():
+    sections = doc_sections()
+    text = DOC.read_text(encoding="utf-8")
+    for kind in KINDS:
+        assert f"`{kind}`" in text, f"component kind `{kind}` is not documented"
+    reference = [body for heading, body in sections if "reference" in heading.lower()]
+    assert reference, "docs/writing-plugins.md needs a reference section"
+    for kind in KINDS:
+        assert f"`{kind}`" in reference[0], f"component kind `{kind}` is missing from the reference section"
+
+
+def test_loading_rules_are_documented():
+    text = DOC.read_text(encoding="utf-8")
+    for needle in (plugins.DISABLE_AUTOLOAD_ENV, plugins.LOAD_ONLY_ENV, f"[project.entry-points.{plugins.ENTRY_POINT_GROUP}]", "role", "image_size", "classes", "ValueError", "Literal"):
+        assert needle in text, f"docs/writing-plugins.md does not mention {needle}"
+
+
+# ---------------------------------------------------------------------------- (b) registration
+
+
+def import_example(monkeypatch):
+    """The example plugin module straight from the source tree (installed or not)."""
+    monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
+    return importlib.import_module(EXAMPLE_MODULE)
+
+
+def test_example_module_registers_its_components_under_its_plugin_name(register_plugin, monkeypatch):
+    module = import_example(monkeypatch)
+    registry = register_plugin(module, EXAMPLE_ENTRY_POINT)
+    for kind, names in EXAMPLE_COMPONENTS.items():
+        for name in names:
+            entry = registry.get(kind, name).as_dict()  # what `testbed plugins --json` lists
+            assert entry["plugin"] == EXAMPLE_ENTRY_POINT, (kind, name)
+            assert entry["help"]
+    assert [p["name"] for p in registry.get("normalization", "groupnorm").as_dict()["params"]] == ["groups", "eps", "affine"]
+    # The built-ins are still there and still theirs.
+    assert registry.get("activation", "relu").plugin == "builtin.activations"
+
+
+def test_a_second_plugin_claiming_an_example_name_is_an_error_naming_both(register_plugin, monkeypatch):
+    module = import_example(monkeypatch)
+    register_plugin(module, EXAMPLE_ENTRY_POINT)
+
+    class Clash:
+        @hookimpl
+        def register_activations(self, register):
+            register("swish", module.swish, "another swish")
+
+    clash = Clash()
+    plugins.manager().register(clash, name="clash")
+    try:
+        plugins.invalidate_registry()
+        with pytest.raises(BadInput, match="'swish' is registered twice") as raised:
+            plugins.registry()
+        assert f"plugin '{EXAMPLE_ENTRY_POINT}'" in str(raised.value) and "plugin 'clash'" in str(raised.value)
+    finally:
+        plugins.manager().unregister(clash)
+        plugins.invalidate_registry()
+
+
+# ---------------------------------------------------------------------------- (c) the CLI
+
+
+def example_entry_point():
+    return next((ep for ep in entry_points(group=plugins.ENTRY_POINT_GROUP) if ep.name == EXAMPLE_ENTRY_POINT), None)
+
+
+needs_example_installed = pytest.mark.skipif(
+    example_entry_point() is None,
+    reason=f"the example plugin's '{EXAMPLE_ENTRY_POINT}' entry point is not installed; run `pip install -e examples/testbed-example`",
+)
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`testbed ARGS` in a child process that autoloads the example plugin and nothing else."""
+    env = dict(os.environ)
+    env.pop(plugins.DISABLE_AUTOLOAD_ENV, None)  # tests/conftest.py disables autoload in this process
+    env[plugins.LOAD_ONLY_ENV] = EXAMPLE_ENTRY_POINT
+    return subprocess.run([sys.executable, "-m", "testbed", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@needs_example_installed
+def test_example_entry_point_is_autoloaded_with_its_version(tmp_path):
+    assert example_entry_point().value == EXAMPLE_MODULE
+    done = cli("plugins", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    listing = json.loads(done.stdout)
+    expected_version = version("testbed-example")
+    for kind, names in EXAMPLE_COMPONENTS.items():
+        entries = {e["name"]: e for e in listing[kind]}
+        for name in names:
+            assert (entries[name]["plugin"], entries[name]["version"]) == (EXAMPLE_ENTRY_POINT, expected_version)
+    # TESTBED_LOAD_PLUGINS loaded this entry point and no other installed one.
+    loaded = {e["plugin"] for entries in listing.values() for e in entries}
+    assert {p for p in loaded if not p.startswith("builtin.")} == {EXAMPLE_ENTRY_POINT}
+
+
+@needs_example_installed
+def test_example_experiment_runs_through_the_cli(tmp_path):
+    out = tmp_path / "run"
+    done = cli("run", str(EXAMPLE / "experiment.toml"), "--out", str(out), "--device", "cpu", "--json", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(done.stdout)
+    assert doc["status"] == "ok"
+    variants = {v["name"]: v for v in doc["variants"]}
+    assert set(variants) == {"baseline", "swish", "mish", "groupnorm", "cutout", "gratings"}
+    assert all(v["status"] == "ok" for v in variants.values())
+    # Every result names the plugin (and its version) behind each model slot.
+    expected_version = version("testbed-example")
+    for name, slot in (("swish", "activation"), ("mish", "activation"), ("groupnorm", "normalization")):
+        recorded = variants[name]["components"][slot]
+        assert (recorded["name"], recorded["plugin"], recorded["version"]) == (name, EXAMPLE_ENTRY_POINT, expected_version)
+    assert variants["baseline"]["components"]["activation"]["plugin"] == "builtin.activations"
+    # The same from the store, read back by `testbed report`.
+    report = cli("report", str(out), "--json", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    stored = {v["name"]: v for v in json.loads(report.stdout)["variants"]}
+    assert stored["groupnorm"]["components"]["normalization"]["plugin"] == EXAMPLE_ENTRY_POINT
