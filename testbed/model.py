@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -222,7 +222,6 @@ class BuiltModel:
     module: nn.Module  # the placed model, ready for training
     placement: Placement
     plan: Plan
-    components: dict = field(default_factory=dict)  # slot -> {"name", "params", "plugin", "version"}
 
 
 def build_model(model_cfg: dict, classes: int, image_size: int, registry, device="cpu") -> BuiltModel:
@@ -250,10 +249,7 @@ def build_model(model_cfg: dict, classes: int, image_size: int, registry, device
     init_component, init_params = resolved["init"]
     init_component.create(**init_params)(paper_layers(model))
     placed = model if device is None else placement.place(model, torch.device(device))
-    components = {
-        slot: {"name": c.name, "params": p, "plugin": c.plugin, "version": c.version} for slot, (c, p) in resolved.items()
-    }
-    return BuiltModel(placed, placement, plan, components)
+    return BuiltModel(placed, placement, plan)
 
 
 def geometry_for(image_size: int) -> str:

@@ -82,7 +82,10 @@ def _new_state() -> PluginState:
         state.versions[name] = __version__
     if _autoload_wanted():
         only = {n.strip() for n in os.environ.get(LOAD_ONLY_ENV, "").split(",") if n.strip()}
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        available = entry_points(group=ENTRY_POINT_GROUP)
+        for name in sorted(only - {ep.name for ep in available}):
+            state.load_errors.append(f"{LOAD_ONLY_ENV} names '{name}', but no installed plugin has that entry point")
+        for ep in available:
             if only and ep.name not in only:
                 continue
             if manager.has_plugin(ep.name):
@@ -133,12 +136,17 @@ def _collect(st: PluginState) -> Registry:
     for hook_name, kind in HOOK_KINDS.items():
         hook = getattr(st.manager.hook, hook_name)
         # Call each implementation ourselves so every registration knows which plugin made it.
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in reversed(hook.get_hookimpls()):  # pluggy lists the last registered first: undo that
             plugin = impl.plugin_name
             version = st.versions.get(plugin, "")
 
             def register(name, factory, help="", *, _kind=kind, _plugin=plugin, _version=version):
-                reg.add(_kind, name, factory, help, plugin=_plugin, version=_version)
+                try:
+                    reg.add(_kind, name, factory, help, plugin=_plugin, version=_version)
+                except BadInput:
+                    raise
+                except Exception as exc:  # one bad registration must not drop the plugin's others
+                    st.load_errors.append(f"plugin '{_plugin}' could not register {_kind} {name!r}: {exc}")
 
             try:
                 impl.function(register=register)

@@ -22,9 +22,8 @@ from testbed import __version__, plugins
 from testbed.data import load_dataset
 from testbed.errors import BadInput
 from testbed.experiment import Experiment, Variant
-from testbed.model import build_model
 from testbed.results import EXPERIMENT_NAME, FINISHED, Store, summarize
-from testbed.train import Diverged, Dist, Interrupted, JobContext, StopFlag, run_job
+from testbed.train import Diverged, Dist, Interrupted, JobContext, StopFlag, check_job, run_job
 
 RUN_MARKER = "run.json"
 
@@ -102,9 +101,7 @@ def validate(experiment: Experiment, registry) -> None:
     the failure is recorded with the plugin's name, instead of stopping the grid here."""
     for v in experiment.variants:
         try:
-            dataset = load_dataset(v.config["data"], registry)
-            with torch.device("meta"):
-                build_model(v.config["model"], len(dataset.class_names), dataset.image_size, registry, device=None)
+            check_job(v, load_dataset(v.config["data"], registry), registry)
         except BadInput as exc:
             where = "" if v.name == "baseline" else f"variant '{v.name}': "
             raise BadInput(f"{experiment.path}: {where}{exc}") from None

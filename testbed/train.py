@@ -112,6 +112,47 @@ def build_pipeline(variant: Variant, data, built: BuiltModel, registry, device) 
     return Pipeline(data, preprocess, train_augs, test_views, built.plan.input_size, device)
 
 
+# (dotted key, registry kind) of every component slot in a resolved config
+COMPONENT_SLOTS = (
+    ("data.dataset", "dataset"),
+    ("data.preprocess", "preprocess"),
+    ("model.activation", "activation"),
+    ("model.normalization", "normalization"),
+    ("model.pooling", "pooling"),
+    ("model.init", "init"),
+    ("model.placement", "placement"),
+    ("augment.test", "augmentation"),
+    ("train.optimizer", "optimizer"),
+    ("train.schedule", "schedule"),
+)
+
+
+def component_records(config: dict, registry) -> dict:
+    """slot -> {"name", "params", "plugin", "version"}: what a result records about its components."""
+
+    def record(kind, spec, key):
+        component, params = registry.resolve(kind, spec, key)
+        return {"name": component.name, "params": params, "plugin": component.plugin, "version": component.version}
+
+    out = {}
+    for key, kind in COMPONENT_SLOTS:
+        section, slot = key.split(".")
+        out[slot if section != "augment" else "augment.test"] = record(kind, config[section][slot], key)
+    out["augment.train"] = [record("augmentation", spec, f"augment.train[{i}]") for i, spec in enumerate(config["augment"]["train"])]
+    return out
+
+
+def check_job(variant: Variant, data, registry) -> None:
+    """Create every component of a job without training (the model shape-only on the meta device),
+    so that a bad parameter of any component is refused before the grid starts."""
+    cfg = variant.config
+    with torch.device("meta"):
+        built = build_model(cfg["model"], len(data.class_names), data.image_size, registry, device=None)
+    build_pipeline(variant, data, built, registry, "cpu")
+    optimizer = registry.create("optimizer", cfg["train"]["optimizer"], built.module.parameters(), key="train.optimizer")
+    registry.create("schedule", cfg["train"]["schedule"], optimizer, cfg["train"]["epochs"], key="train.schedule")
+
+
 def autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return nullcontext()
@@ -387,4 +428,4 @@ def run_job(ctx: JobContext) -> dict:
         ctx.on_epoch(record)
         if ctx.dist.sum([float(ctx.stop.requested)], input_device)[0] > 0:
             raise Interrupted()
-    return {"metrics": final_metrics(history, train_cfg["target_train_error"], parameters), "history": history, "components": built.components, "model": model}
+    return {"metrics": final_metrics(history, train_cfg["target_train_error"], parameters), "history": history, "components": component_records(cfg, ctx.registry), "model": model}

@@ -37,8 +37,8 @@ def register_plugin():
 
     def register(plugin, name):
         plugins.manager().register(plugin, name=name)
+        added.append(plugin)  # before building the registry, which may raise (e.g. a duplicate name)
         plugins.invalidate_registry()
-        added.append(plugin)
         return plugins.registry()
 
     yield register
