@@ -20,6 +20,11 @@ from testbed.registry import Registry, component_spec
 
 MAX_INT = 10**9
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
+MAX_NAME = 100  # names become folder and file names (run dir, checkpoints/<variant>/, plots)
+
+
+def _valid_name(name: Any) -> bool:
+    return isinstance(name, str) and len(name) <= MAX_NAME and bool(VARIANT_NAME.match(name)) and name not in (".", "..")
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,8 @@ def read_toml(path: Path) -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"{path}: malformed TOML: {exc}") from None
+    except ValueError as exc:  # an integer literal beyond Python's digit limit
+        raise BadInput(f"{path}: a value too large to read ({str(exc).split(';')[0]})") from None
     except RecursionError:
         raise BadInput(f"{path}: nested too deeply to be an experiment file") from None
 
@@ -154,7 +161,7 @@ def parse_set(items: list[str]) -> dict:
         key, raw = (s.strip() for s in item.split("=", 1))
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
-        except (tomllib.TOMLDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # not TOML (TOMLDecodeError is a ValueError): a bare string
             value = raw
         out[key] = value
     return out
@@ -177,8 +184,9 @@ def build_experiment(raw: dict, registry: Registry, path: str = "<experiment>", 
         if key not in TOP_LEVEL:
             raise BadInput(f"{key}: unknown top-level key{did_you_mean(key, TOP_LEVEL)}; valid: {', '.join(TOP_LEVEL)}")
     name = raw.get("name", Path(path).stem)
-    if not isinstance(name, str) or not VARIANT_NAME.match(name):
-        raise BadInput(f"name = {name!r}: use letters, digits, '-', '_' and '.' (no leading dot)")
+    if not _valid_name(name):
+        raise BadInput(f"name = {_short(name)}: use letters, digits, '-', '_' and '.' (no leading dot, at most {MAX_NAME})")
+    _check_description(raw, "")
     base_raw = {section: copy.deepcopy(raw.get(section, {})) for section in SCHEMA}
     for section in SCHEMA:
         if not isinstance(base_raw[section], dict):
@@ -197,8 +205,9 @@ def build_experiment(raw: dict, registry: Registry, path: str = "<experiment>", 
         if not isinstance(table, dict):
             raise BadInput(f"{where}: expected a [[variant]] table")
         vname = table.get("name")
-        if not isinstance(vname, str) or not VARIANT_NAME.match(vname) or vname in (".", ".."):
-            raise BadInput(f"{where}.name = {vname!r}: a variant needs a name of letters, digits, '-', '_', '.' (no leading dot)")
+        if not _valid_name(vname):
+            given = f"{where}.name: missing" if vname is None else f"{where}.name = {_short(vname)}"
+            raise BadInput(f"{given}: a variant needs a name of letters, digits, '-', '_', '.' (no leading dot, at most {MAX_NAME})")
         if vname in seen:
             raise BadInput(f"{where}.name = {vname!r}: duplicate variant name (names must be unique; 'baseline' is taken)")
         seen.add(vname)
@@ -206,6 +215,7 @@ def build_experiment(raw: dict, registry: Registry, path: str = "<experiment>", 
         for key in table:
             if key not in VARIANT_KEYS:
                 raise BadInput(f"{where}: {key}: unknown key{did_you_mean(key, VARIANT_KEYS)}; valid: {', '.join(VARIANT_KEYS)}")
+        _check_description(table, f"{where}: ")
         paper = table.get("paper", {})
         if not isinstance(paper, dict):
             raise BadInput(f"{where}: paper = {paper!r}: expected a table like {{ top1 = 1.4, top5 = 1.2 }}")
@@ -227,6 +237,11 @@ def build_experiment(raw: dict, registry: Registry, path: str = "<experiment>", 
         config = resolve_config(merged, registry, f"{where}: ")
         variants.append(Variant(vname, config, changes, paper, table.get("description", "")))
     return Experiment(name, path, tuple(variants), raw.get("description", ""), overrides)
+
+
+def _check_description(table: dict, where: str) -> None:
+    if not isinstance(table.get("description", ""), str):
+        raise BadInput(f"{where}description = {_short(table['description'])}: expected a string")
 
 
 def _leaves(table: dict, prefix: str):

@@ -10,12 +10,13 @@ in (the channel count for a normalization, for instance) and are not user parame
 from __future__ import annotations
 
 import inspect
+import math
 import types as types_module
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from testbed.errors import BadInput, ComponentError, choices_text, did_you_mean
+from testbed.errors import BadInput, ComponentError, choices_text, did_you_mean, short_repr
 
 #: Every kind of component the core has a slot for, in the order `testbed plugins` lists them.
 KINDS = (
@@ -53,7 +54,7 @@ class Param:
         if self.choices is not None:
             if value not in self.choices:
                 raise BadInput(
-                    f"{key} = {value!r}: not a valid choice; choose one of "
+                    f"{key} = {short_repr(value)}: not a valid choice; choose one of "
                     f"{', '.join(repr(c) for c in self.choices)}{did_you_mean(value, self.choices)}"
                 )
             return value
@@ -62,19 +63,36 @@ class Param:
         if isinstance(value, bool):
             ok = bool in self.types
         elif isinstance(value, int) and float in self.types and int not in self.types:
+            value = _check_number(value, key)
             return float(value)
         else:
             ok = isinstance(value, tuple(t for t in self.types if t is not type(None)))
         if not ok:
-            raise BadInput(f"{key} = {value!r}: expected {self.describe_type()}, got {type(value).__name__}")
+            raise BadInput(f"{key} = {short_repr(value)}: expected {self.describe_type()}, got {type(value).__name__}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            _check_number(value, key)
         if isinstance(value, list) and self.item_types:
             for i, item in enumerate(value):
                 if isinstance(item, bool) or not isinstance(item, self.item_types):
-                    raise BadInput(f"{key}[{i}] = {item!r}: expected {self.describe_type()}")
+                    raise BadInput(f"{key}[{i}] = {short_repr(item)}: expected {self.describe_type()}")
+                if isinstance(item, (int, float)):
+                    _check_number(item, f"{key}[{i}]")
         return value
 
     def as_dict(self) -> dict:
         return {"name": self.name, "default": self.default, "type": self.describe_type()}
+
+
+INT_LIMIT = 2**63  # a component parameter must fit a 64-bit integer (torch, numpy and C code take it)
+
+
+def _check_number(value: int | float, key: str) -> int | float:
+    """Refuse what no component can use: integers beyond 64 bits, NaN and infinities."""
+    if isinstance(value, int) and not -INT_LIMIT <= value < INT_LIMIT:
+        raise BadInput(f"{key} = {short_repr(value)}: too large; a parameter must lie within +-2^63")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadInput(f"{key} = {value}: expected a finite number")
+    return value
 
 
 def _param_from(parameter: inspect.Parameter, hint: Any) -> Param:
