@@ -178,7 +178,7 @@ def load_experiment(path: str | Path, registry: Registry, overrides: dict | None
         raise BadInput(f"{path}: nested too deeply to be an experiment file") from None
 
 
-def build_experiment(raw: dict, registry: Registry, path: str = "<experiment>", overrides: dict | None = None) -> Experiment:
+def build_experiment(raw: dict, registry: Registry, path: str = "experiment.toml", overrides: dict | None = None) -> Experiment:
     overrides = overrides or {}
     for key in raw:
         if key not in TOP_LEVEL:
