@@ -24,6 +24,14 @@ def crop_batch(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int
     return x[batch, channels, rows, cols]
 
 
+def auto_padding(ctx: AugmentContext, size: int, padding: int | None) -> int:
+    """None: no padding when the images are larger than the patches (the paper's 227 of 256),
+    else an eighth of the patch size (4 px at 32 px, the usual CIFAR form)."""
+    if padding is not None:
+        return padding
+    return 0 if ctx.image_size > size else size // 8
+
+
 class RandomCrop(Augmentation):
     """Random size x size patches, from images zero-padded by ``padding`` on every side.
 
@@ -33,9 +41,9 @@ class RandomCrop(Augmentation):
 
     def __init__(self, ctx: AugmentContext, size, padding):
         self.size = size or ctx.input_size
-        self.padding = padding
-        if self.size > ctx.image_size + 2 * padding:
-            raise ValueError(f"a {self.size} px crop does not fit {ctx.image_size} px images padded by {padding}")
+        self.padding = auto_padding(ctx, self.size, padding)
+        if self.size > ctx.image_size + 2 * self.padding:
+            raise ValueError(f"a {self.size} px crop does not fit {ctx.image_size} px images padded by {self.padding}")
 
     def __call__(self, x, generator):
         if self.padding:
@@ -89,7 +97,7 @@ class TenCrop(TestViews):
 
     def __init__(self, ctx: AugmentContext, padding):
         self.size = ctx.input_size
-        self.padding = padding
+        self.padding = padding = auto_padding(ctx, self.size, padding)
         if self.size > ctx.image_size + 2 * padding:
             raise ValueError(f"{self.size} px views do not fit {ctx.image_size} px images padded by {padding}")
 
@@ -102,8 +110,8 @@ class TenCrop(TestViews):
         return torch.cat([views, views.flip(-1)])
 
 
-def random_crop(ctx: AugmentContext, *, size: int | None = None, padding: int = 0):
-    if padding < 0 or (size is not None and size < 1):
+def random_crop(ctx: AugmentContext, *, size: int | None = None, padding: int | None = None):
+    if (padding is not None and padding < 0) or (size is not None and size < 1):
         raise ValueError("size must be >= 1 and padding >= 0")
     return RandomCrop(ctx, size, padding)
 
@@ -124,8 +132,8 @@ def center(ctx: AugmentContext):
     return CenterView(ctx)
 
 
-def ten_crop(ctx: AugmentContext, *, padding: int = 0):
-    if padding < 0:
+def ten_crop(ctx: AugmentContext, *, padding: int | None = None):
+    if padding is not None and padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
     return TenCrop(ctx, padding)
 
@@ -136,8 +144,8 @@ center.role = ten_crop.role = "test"
 
 @hookimpl
 def register_augmentations(register):
-    register("random-crop", random_crop, "random patches (paper: 224 of 256; 32 px data: pad 4, crop 32) [train]")
+    register("random-crop", random_crop, "random patches (paper: 227 of 256; 32 px data: pad 4, crop 32) [train]")
     register("hflip", hflip, "horizontal reflection with probability p [train]")
     register("pca-lighting", pca_lighting, "PCA colour noise, alpha ~ N(0, 0.1) per image (section 4.1) [train]")
     register("center", center, "the centre patch [test]")
-    register("ten-crop", ten_crop, "4 corners + centre and their reflections, softmax averaged (section 4.1) [test]")
+    register("ten-crop", ten_crop, "4 corners + centre and their reflections, softmax averaged (section 4.1; 32 px: of images padded by 4) [test]")

@@ -64,8 +64,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "skip": Key([], "skip", choices=("conv3", "conv4", "conv5"), help="conv layers removed (depth ablation)"),
     },
     "augment": {
-        "train": Key([], "components", component="augmentation", help="train augmentations, applied in order"),
-        "test": Key("center", "component", component="augmentation", help="test-time views"),
+        "train": Key(["random-crop", "hflip", "pca-lighting"], "components", component="augmentation", help="train augmentations, applied in order"),
+        "test": Key("ten-crop", "component", component="augmentation", help="test-time views"),
     },
     "train": {
         "epochs": Key(90, "int", 1, 100_000),

@@ -229,7 +229,7 @@ def build_model(model_cfg: dict, classes: int, image_size: int, registry, device
 
     ``device=None`` skips placement and returns the canonical model (shapes, counts, checks)."""
     placement_component, placement_params = registry.resolve("placement", model_cfg["placement"], "model.placement")
-    placement: Placement = placement_component.create(**placement_params)
+    placement: Placement = placement_component.create((), placement_params, "model.placement")
     geometry = model_cfg["geometry"]
     if geometry == "auto":
         geometry = geometry_for(image_size)
@@ -242,12 +242,12 @@ def build_model(model_cfg: dict, classes: int, image_size: int, registry, device
 
     def factory(slot):
         component, params = resolved[slot]
-        return lambda *context: component.create(*context, **params)
+        return lambda *context: component.create(context, params, f"model.{slot}")
 
     slots = Slots(factory("activation"), factory("normalization"), factory("pooling"), model_cfg["dropout"])
     model = AlexNet(plan, slots)
     init_component, init_params = resolved["init"]
-    init_component.create(**init_params)(paper_layers(model))
+    init_component.create((), init_params, "model.init")(paper_layers(model))
     placed = model if device is None else placement.place(model, torch.device(device))
     return BuiltModel(placed, placement, plan)
 

@@ -159,12 +159,15 @@ class Component:
                 raise BadInput(f"{key}.{name}: unknown parameter of {self.kind} '{self.name}'{hint}; {valid}")
         return {name: p.check(params.get(name, p.default), f"{key}.{name}") for name, p in known.items()}
 
-    def create(self, *context, **params):
-        """Call the factory; a ValueError from it becomes a ComponentError naming the component."""
+    def create(self, context: tuple = (), params: dict | None = None, where: str | None = None):
+        """Call the factory; a ValueError from it becomes a ComponentError naming the key and the component."""
         try:
-            return self.factory(*context, **params)
+            return self.factory(*context, **(params or {}))
         except ValueError as exc:
-            raise ComponentError(f"{self.kind} '{self.name}' ({self.plugin}): {exc}") from exc
+            prefix = f"{where}: " if where else ""
+            error = ComponentError(f"{prefix}{self.kind} '{self.name}' (plugin {self.plugin}) refused: {exc}")
+            error.plugin = self.plugin
+            raise error from exc
 
     def as_dict(self) -> dict:
         return {
@@ -220,7 +223,7 @@ class Registry:
 
     def create(self, kind: str, spec: Any, *context, key: str | None = None):
         component, params = self.resolve(kind, spec, key or kind)
-        return component.create(*context, **params)
+        return component.create(context, params, key or kind)
 
 
 def component_spec(spec: Any, key: str) -> dict:

@@ -328,7 +328,7 @@ def run_one(v: Variant, seed: int, registry, device, run_dir: Path, store, displ
         raise
     except BadInput as exc:
         if rank0:
-            store.finish_job(v.name, seed, "failed", message=str(exc), plugin=plugins.blame(exc))
+            store.finish_job(v.name, seed, "failed", message=str(exc), plugin=getattr(exc, "plugin", None) or plugins.blame(exc))
             display.finish_job(v.name, seed, "failed", str(exc))
         return
     except Exception as exc:  # a component that raises fails its job, not the grid

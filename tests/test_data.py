@@ -213,7 +213,7 @@ def test_pipeline_batches_are_deterministic_per_seed_and_epoch(registry):
     rest = list(pipe.train_batches(1, 0, 16, gen2, start_step=2))
     assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a[2:], rest))
     views, labels = next(pipe.test_batches(8))
-    assert views.shape == (1, 8, 3, 32, 32) and labels.shape == (8,)
+    assert views.shape == (10, 8, 3, 32, 32) and labels.shape == (8,)  # ten-crop, the paper's default
 
 
 def test_in_memory_subset_and_resize():

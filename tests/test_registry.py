@@ -191,8 +191,9 @@ def test_bool_parameter_refuses_ints(reg):
 
 def test_factory_value_error_names_component_and_plugin(reg):
     with pytest.raises(ComponentError) as info:
-        reg.create("activation", {"name": "swish", "beta": -1})
-    assert str(info.value) == "activation 'swish' (mine): beta must be > 0, got -1.0"
+        reg.create("activation", {"name": "swish", "beta": -1}, key="model.activation")
+    assert str(info.value) == "model.activation: activation 'swish' (plugin mine) refused: beta must be > 0, got -1.0"
+    assert info.value.plugin == "mine"
     assert isinstance(info.value, BadInput)  # so the CLI reports it as bad input (exit 2)
 
 
