@@ -80,8 +80,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "activation_stats": Key(False, "bool", help="log per-layer saturation of activations every epoch"),
     },
 }
-TOP_LEVEL = ("name", "description", "data", "model", "augment", "train", "variant")
-VARIANT_KEYS = ("name", "description", "paper", "data", "model", "augment", "train")
+TOP_LEVEL = ("name", "description", "setting", "compare", "data", "model", "augment", "train", "variant")
+VARIANT_KEYS = ("name", "description", "setting", "paper", "data", "model", "augment", "train")
+COMPARE_KEYS = ("key", "reference", "paper_factor")
 PAPER_KEYS = ("top1", "top5", "claim", "factor", "test_error")
 
 
@@ -92,6 +93,7 @@ class Variant:
     changes: dict  # dotted key -> value, what differs from the file's baseline
     paper: dict
     description: str = ""
+    setting: str = ""  # which group of a [compare] table this variant belongs to
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class Experiment:
     variants: tuple[Variant, ...]  # the baseline first
     description: str = ""
     overrides: dict = field(default_factory=dict)
+    compare: dict = field(default_factory=dict)  # {key, reference, paper_factor}: speed-ups within each setting
 
     @property
     def baseline(self) -> Variant:
@@ -119,16 +122,19 @@ class Experiment:
             "path": self.path,
             "description": self.description,
             "overrides": self.overrides,
+            "compare": self.compare,
             "variants": [
-                {"name": v.name, "description": v.description, "config": v.config, "changes": v.changes, "paper": v.paper}
+                {"name": v.name, "description": v.description, "setting": v.setting, "config": v.config, "changes": v.changes, "paper": v.paper}
                 for v in self.variants
             ],
         }
 
     @classmethod
     def from_json(cls, doc: dict) -> "Experiment":
-        variants = tuple(Variant(v["name"], v["config"], v["changes"], v["paper"], v.get("description", "")) for v in doc["variants"])
-        return cls(doc["name"], doc["path"], variants, doc.get("description", ""), doc.get("overrides", {}))
+        variants = tuple(
+            Variant(v["name"], v["config"], v["changes"], v["paper"], v.get("description", ""), v.get("setting", "")) for v in doc["variants"]
+        )
+        return cls(doc["name"], doc["path"], variants, doc.get("description", ""), doc.get("overrides", {}), doc.get("compare", {}))
 
 
 def read_toml(path: Path) -> dict:
@@ -187,6 +193,7 @@ def build_experiment(raw: dict, registry: Registry, path: str = "experiment.toml
     if not _valid_name(name):
         raise BadInput(f"name = {_short(name)}: use letters, digits, '-', '_' and '.' (no leading dot, at most {MAX_NAME})")
     _check_description(raw, "")
+    compare = _check_compare(raw.get("compare", {}))
     base_raw = {section: copy.deepcopy(raw.get(section, {})) for section in SCHEMA}
     for section in SCHEMA:
         if not isinstance(base_raw[section], dict):
@@ -195,7 +202,7 @@ def build_experiment(raw: dict, registry: Registry, path: str = "experiment.toml
         _set_dotted(base_raw, dotted, value, "--set ")
     baseline_config = resolve_config(base_raw, registry, "")
 
-    variants = [Variant("baseline", baseline_config, {}, {}, raw.get("description", ""))]
+    variants = [Variant("baseline", baseline_config, {}, {}, raw.get("description", ""), raw.get("setting", ""))]
     variant_tables = raw.get("variant", [])
     if not isinstance(variant_tables, list):
         raise BadInput("variant: use [[variant]] tables (an array of tables)")
@@ -235,13 +242,36 @@ def build_experiment(raw: dict, registry: Registry, path: str = "experiment.toml
                 _set_dotted(merged, dotted, value, f"{where}: ")
                 changes[dotted] = value
         config = resolve_config(merged, registry, f"{where}: ")
-        variants.append(Variant(vname, config, changes, paper, table.get("description", "")))
-    return Experiment(name, path, tuple(variants), raw.get("description", ""), overrides)
+        variants.append(Variant(vname, config, changes, paper, table.get("description", ""), table.get("setting", "")))
+    return Experiment(name, path, tuple(variants), raw.get("description", ""), overrides, compare)
 
 
 def _check_description(table: dict, where: str) -> None:
-    if not isinstance(table.get("description", ""), str):
-        raise BadInput(f"{where}description = {_short(table['description'])}: expected a string")
+    for key in ("description", "setting"):
+        if not isinstance(table.get(key, ""), str):
+            raise BadInput(f"{where}{key} = {_short(table[key])}: expected a string")
+
+
+def _check_compare(table) -> dict:
+    """[compare]: which switch to compare within each setting (default the activation), the
+    reference value (the factor is other / reference epochs to the target), the paper's factor."""
+    if not isinstance(table, dict):
+        raise BadInput(f"compare = {_short(table)}: expected a table like {{ key = \"model.activation\", reference = \"relu\" }}")
+    for key in table:
+        if key not in COMPARE_KEYS:
+            raise BadInput(f"compare.{key}: unknown key{did_you_mean(key, COMPARE_KEYS)}; valid: {', '.join(COMPARE_KEYS)}")
+    if not table:
+        return {}
+    key = table.get("key", "model.activation")
+    section, _, slot = str(key).partition(".")
+    if section not in SCHEMA or slot not in SCHEMA[section]:
+        raise BadInput(f"compare.key = {_short(key)}: not a key of the experiment (e.g. model.activation)")
+    if not isinstance(table.get("reference"), str):
+        raise BadInput(f"compare.reference = {_short(table.get('reference'))}: name the reference value, e.g. \"relu\"")
+    factor = table.get("paper_factor")
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float))):
+        raise BadInput(f"compare.paper_factor = {_short(factor)}: expected a number")
+    return {"key": key, "reference": table["reference"], "paper_factor": factor}
 
 
 def _leaves(table: dict, prefix: str):

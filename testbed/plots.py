@@ -89,3 +89,50 @@ def conv1_kernels(model: torch.nn.Module, towers: int, path: Path, title: str) -
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def figure1(epochs: list[dict], experiment, path: Path) -> Path:
+    """The paper's Figure 1 per setting: training error against epochs, the reference value of the
+    compared switch (ReLU) solid and the others dashed, with the target line."""
+    from testbed.results import compared_value
+
+    plt = _pyplot()
+    spec = experiment.compare
+    curves = mean_curves(epochs, "train_error")
+    settings: dict[str, list] = {}
+    for v in experiment.variants:
+        if v.name in curves:
+            settings.setdefault(v.setting, []).append(v)
+    if not settings:
+        return path
+    columns = min(3, len(settings))
+    rows = -(-len(settings) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False, sharey=True)
+    styles = ["--", ":", "-."]
+    for ax, (setting, variants) in zip(axes.flat, settings.items()):
+        others = 0
+        for v in variants:
+            value = str(compared_value(v.config, spec["key"]))
+            xs, ys = curves[v.name]
+            if value == spec["reference"]:
+                ax.plot(xs, ys, "-", color="black", linewidth=2, label=value)
+            else:
+                ax.plot(xs, ys, styles[others % len(styles)], linewidth=1.6, label=value)
+                others += 1
+        target = variants[0].config["train"]["target_train_error"]
+        ax.axhline(target, color="grey", linewidth=0.8)
+        ax.set_title(setting or "(no setting)", fontsize=9)
+        ax.set_xlabel("epochs")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes.flat[len(settings):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("training error rate")
+    fig.suptitle(f"{experiment.name}: training error to {target:.0%} (the paper's Figure 1)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

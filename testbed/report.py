@@ -130,12 +130,47 @@ def render(doc: dict, console: Console) -> None:
         )
     for note in notes:
         console.print(f"[dim]{escape(note)}[/dim]")
+    if doc.get("compare"):
+        render_speedups(doc["compare"], console)
     for v in doc["variants"]:
         for p in v.get("problems", []):
             if p["status"] in ("diverged", "failed"):
                 where = f" at epoch {p['epoch']}, step {p['step']}" if p["epoch"] is not None else ""
                 plugin = f" [plugin {p['plugin']}]" if p.get("plugin") else ""
                 console.print(f"[yellow]{escape(v['name'])} seed {p['seed']}: {p['status']}{where}{escape(plugin)}: {escape(str(p['message']))}[/yellow]")
+
+
+def render_speedups(compare: dict, console: Console) -> None:
+    """Figure 1's measure per setting: epochs and seconds to the target, and the factor."""
+    ref = compare["reference"]
+    table = Table(title=f"speed-up to the target training error: {compare['key']}, other / {ref}", title_justify="left")
+    for col in ("setting", "compared", f"{ref} epochs", "epochs", "factor (epochs)", f"{ref} s", "s", "factor (s)", "paper"):
+        table.add_column(col, justify="left" if col in ("setting", "compared") else "right")
+
+    def cell(measured, measure):
+        if not measured or not measured["seeds"]:
+            return "-"
+        values = measured[measure] if measured["reached"] == measured["seeds"] else measured[f"{measure}_bound"]
+        mean = sum(values) / len(values)
+        text = f"{mean:.1f}" if measure == "epochs" or mean < 100 else f"{mean:.0f}"
+        if measured["reached"] < measured["seeds"]:
+            text = f">= {text}"
+        return text + (f" ({measured['reached']}/{measured['seeds']})" if measured["seeds"] > 1 else "")
+
+    paper = compare.get("paper_factor")
+    for row in compare["rows"]:
+        mine, theirs = row["measured"][row["compared"]], row["measured"][ref]
+        table.add_row(
+            escape(row["setting"] or "-"), row["compared"], cell(theirs, "epochs"), cell(mine, "epochs"),
+            row["factor_epochs"]["text"], cell(theirs, "seconds"), cell(mine, "seconds"), row["factor_seconds"]["text"],
+            f"{paper:g}x" if paper else "",
+        )
+    console.print(table)
+    console.print(
+        "[dim]Epochs: the first epoch whose training error (as seen during the epoch) is at or below the target; "
+        "(k/n): seeds that got there. '>=': a seed never got there within its epochs, so its count is a lower bound "
+        "and so is the factor; '<=' when that happened to the reference.[/dim]"
+    )
 
 
 def render_comparison(a: dict, b: dict, console: Console) -> None:

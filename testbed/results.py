@@ -210,6 +210,85 @@ def summarize(store: Store, run_dir: Path) -> dict:
         base = variants[0]["metrics"]
         for entry in variants[1:]:
             entry["delta_vs_baseline"] = {m: delta(entry["metrics"][m], base[m]) for m in DELTA_METRICS}
+    compare = speedups(experiment, jobs) if experiment.compare else None
     statuses = {j["status"] for j in jobs}
     overall = "ok" if statuses == {"ok"} else ("incomplete" if statuses & {"pending", "running", "interrupted"} else "failed")
-    return {"experiment": experiment.name, "run_dir": str(run_dir), "status": overall, "variants": variants}
+    doc = {"experiment": experiment.name, "run_dir": str(run_dir), "status": overall, "variants": variants}
+    if compare is not None:
+        doc["compare"] = compare
+    return doc
+
+
+def compared_value(config: dict, key: str):
+    section, slot = key.split(".", 1)
+    value = config[section][slot]
+    return value["name"] if isinstance(value, dict) and "name" in value else value
+
+
+def _time_to_target(name: str, runs: list[dict]) -> dict:
+    """Epochs and seconds to the target over the finished seeds; a seed that never got there counts
+    as at least one epoch more than it ran and at least all of its training time (lower bounds)."""
+    out = {"variant": name, "seeds": len(runs), "reached": 0, "epochs": [], "seconds": [], "epochs_bound": [], "seconds_bound": []}
+    for m in runs:
+        if m["epochs_to_target"] is not None:
+            out["reached"] += 1
+            out["epochs"].append(m["epochs_to_target"])
+            out["seconds"].append(m["time_to_target_s"])
+            out["epochs_bound"].append(m["epochs_to_target"])
+            out["seconds_bound"].append(m["time_to_target_s"])
+        else:
+            out["epochs_bound"].append(m["epochs"] + 1)
+            out["seconds_bound"].append(m["train_time_s"])
+    return out
+
+
+def _factor(other: dict, reference: dict, measure: str) -> dict:
+    """other / reference. A side that never reached the target enters with its lower bound, which
+    makes the factor a lower bound (other missed) or an upper bound (reference missed)."""
+    def mean(xs):
+        return sum(xs) / len(xs)
+
+    if not other["seeds"] or not reference["seeds"]:
+        return {"value": None, "bound": None, "text": "n/a (no finished run)"}
+    other_done = other["reached"] == other["seeds"]
+    reference_done = reference["reached"] == reference["seeds"]
+    if not other_done and not reference_done:
+        return {"value": None, "bound": None, "text": "n/a (neither reached the target)"}
+    value = mean(other[f"{measure}_bound"]) / mean(reference[f"{measure}_bound"])
+    if other_done and reference_done:
+        return {"value": value, "bound": None, "text": f"{value:.1f}x"}
+    if not other_done:
+        return {"value": value, "bound": "lower", "text": f">= {value:.1f}x"}
+    return {"value": value, "bound": "upper", "text": f"<= {value:.1f}x"}
+
+
+def speedups(experiment: Experiment, jobs: list[dict]) -> dict:
+    """Within each setting, epochs and seconds to the target of every compared value, and the
+    factor against the reference (the paper's Figure 1: ReLU vs tanh to 25% training error)."""
+    spec = experiment.compare
+    finished: dict[str, list[dict]] = {}
+    for job in jobs:
+        if job["status"] == "ok":
+            finished.setdefault(job["variant"], []).append(job["metrics"])
+    groups: dict[str, dict[str, dict]] = {}
+    for v in experiment.variants:
+        if any(j["variant"] == v.name for j in jobs):
+            value = str(compared_value(v.config, spec["key"]))
+            groups.setdefault(v.setting, {})[value] = _time_to_target(v.name, finished.get(v.name, []))
+    rows = []
+    missing = {"value": None, "bound": None, "text": "n/a (no reference run)"}
+    for setting, by_value in groups.items():
+        reference = by_value.get(spec["reference"])
+        for value, measured in by_value.items():
+            if value != spec["reference"]:
+                rows.append(
+                    {
+                        "setting": setting,
+                        "reference": spec["reference"],
+                        "compared": value,
+                        "measured": {spec["reference"]: reference, value: measured},
+                        "factor_epochs": _factor(measured, reference, "epochs") if reference else missing,
+                        "factor_seconds": _factor(measured, reference, "seconds") if reference else missing,
+                    }
+                )
+    return {"key": spec["key"], "reference": spec["reference"], "paper_factor": spec.get("paper_factor"), "rows": rows}

@@ -363,3 +363,7 @@ def make_learning_curves(store: Store, run_dir: Path, experiment: Experiment) ->
     target = experiment.baseline.config["train"]["target_train_error"]
     learning_curves(epochs, [v.name for v in experiment.variants], target, run_dir / "plots" / "learning-curves.png",
                     f"{experiment.name}: training error (mean over seeds)")
+    if experiment.compare:
+        from testbed.plots import figure1
+
+        figure1(epochs, experiment, run_dir / "plots" / "figure1.png")

@@ -289,6 +289,8 @@ def final_metrics(history: list[dict], target: float, parameters: int) -> dict:
         "time_to_target_s": sum(r["train_s"] for r in history if r["epoch"] <= reached["epoch"]) if reached else None,
         "train_images_per_s": images / train_time if train_time > 0 else None,
         "parameters": parameters,
+        "epochs": last["epoch"],
+        "train_time_s": train_time,
     }
 
 
