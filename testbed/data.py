@@ -297,21 +297,25 @@ class Pipeline:
                 if len(labels):
                     yield self._train_input(images, generator), labels.to(self.device, non_blocking=True)
 
-    def test_batches(self, batch_size: int, rank: int = 0, world: int = 1):
-        """(views [V, B, 3, S, S], labels) over this rank's share of the held-out set."""
+    def test_batches(self, batch_size: int, rank: int = 0, world: int = 1, views: bool = True):
+        """(views [V, B, 3, S, S], labels) over this rank's share of the held-out set.
+
+        ``views=False`` gives the centre patch only (V = 1): the cheap per-epoch check; the
+        configured test views (ten-crop costs ten forward passes) are for the final numbers."""
+        make_views = self.test_views if views else (lambda x: center_crop(x, self.input_size).unsqueeze(0))
         if isinstance(self.data, InMemoryData):
             images, labels = self._test
             for start in range(rank * batch_size, len(labels), batch_size * world):
-                yield self._test_input(images[start : start + batch_size]), labels[start : start + batch_size]
+                yield make_views(self._preprocessed(images[start : start + batch_size])), labels[start : start + batch_size]
         else:
             shard = torch.utils.data.Subset(self.data.test_set, range(rank, len(self.data.test_set), world))
             for images, labels, skipped in _loader(shard, batch_size, False, self.data.workers, None):
                 self.skipped += skipped
                 if len(labels):
-                    yield self._test_input(images), labels.to(self.device, non_blocking=True)
+                    yield make_views(self._preprocessed(images)), labels.to(self.device, non_blocking=True)
 
-    def _test_input(self, images: torch.Tensor) -> torch.Tensor:
-        return self.test_views(self.preprocess.apply(images.to(self.device, non_blocking=True).float()))
+    def _preprocessed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.preprocess.apply(images.to(self.device, non_blocking=True).float())
 
 
 def _mix(seed: int, epoch: int) -> int:

@@ -160,12 +160,13 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def evaluate(model, pipeline: Pipeline, batch_size: int, precision: str, dist: Dist, probe=None) -> tuple[float, float]:
-    """Top-1 and top-5 error on the held-out set, softmax averaged over the test views."""
+def evaluate(model, pipeline: Pipeline, batch_size: int, precision: str, dist: Dist, views: bool = True) -> tuple[float, float]:
+    """Top-1 and top-5 error on the held-out set, softmax averaged over the test views
+    (``views=False``: the centre patch only)."""
     model.eval()
     wrong1 = wrong5 = seen = 0
     with torch.no_grad(), autocast(precision, pipeline.device):
-        for views, labels in pipeline.test_batches(batch_size, dist.rank, dist.world):
+        for views, labels in pipeline.test_batches(batch_size, dist.rank, dist.world, views):
             v, b = views.shape[:2]
             logits = model(views.flatten(0, 1)).float().view(v, b, -1)
             probs = logits.softmax(-1).mean(0)
@@ -200,7 +201,7 @@ def saturation_stats(model, pipeline: Pipeline, precision: str) -> dict:
     model.eval()
     try:
         with torch.no_grad(), autocast(precision, pipeline.device):
-            views, _ = next(iter(pipeline.test_batches(256)))
+            views, _ = next(iter(pipeline.test_batches(256, views=False)))
             model(views[0])
     finally:
         for h in hooks:
@@ -406,13 +407,16 @@ def run_job(ctx: JobContext) -> dict:
         if not math.isfinite(totals[0]):
             raise Diverged(epoch, steps, totals[0])
         eval_tick = time.perf_counter()
-        top1, top5 = evaluate(train_model, pipeline, train_cfg["eval_batch_size"], precision, ctx.dist)
+        # The configured test views (the paper's ten-crop) at the last epoch; the centre patch before.
+        final = epoch == train_cfg["epochs"]
+        top1, top5 = evaluate(train_model, pipeline, train_cfg["eval_batch_size"], precision, ctx.dist, views=final)
         record = {
             "epoch": epoch,
             "train_loss": totals[0] / max(totals[2], 1),
             "train_error": totals[1] / max(totals[2], 1),
             "test_top1": top1,
             "test_top5": top5,
+            "test_views": cfg["augment"]["test"]["name"] if final else "center",
             "lr": optimizer.param_groups[0]["lr"],
             "train_s": train_s,
             "eval_s": time.perf_counter() - eval_tick,
