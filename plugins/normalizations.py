@@ -37,25 +37,45 @@ def window_sum(x: torch.Tensor, half: int) -> torch.Tensor:
     return out
 
 
+def _neg_pow_(d: torch.Tensor, beta: float) -> torch.Tensor:
+    """d ** -beta (d > 0), in a new tensor. The common exponents avoid the generic pow, whose
+    exp/log per element is the most expensive operation of the whole LRN on a CPU:
+    0.75 -> rsqrt(d * sqrt(d)), 0.5 -> rsqrt(d), 1 -> 1/d (each within a few ulp of pow)."""
+    if beta == 0.75:
+        return torch.sqrt(d).mul_(d).rsqrt_()
+    if beta == 0.5:
+        return torch.rsqrt(d)
+    if beta == 1.0:
+        return torch.reciprocal(d)
+    return d.pow(-beta)
+
+
 class _LRNFunction(torch.autograd.Function):
+    """b = a * D^-beta with D = k + scale * S, S the window sum of a^2.
+
+    Saved for the backward: a, D^-beta and q = b / D = a D^(-beta-1); no other full-size
+    tensor outlives the forward, and the backward is three passes plus one window sum."""
+
     @staticmethod
     def forward(ctx, a, half, scale, beta, k):
-        denom = window_sum(a * a, half).mul_(scale).add_(k)  # D = k + scale * S
-        inv = denom.pow(-beta)  # D^-beta
-        out = a * inv
-        ctx.save_for_backward(a, denom, inv)
+        sq = a * a
+        denom = window_sum(sq, half).mul_(scale).add_(k)  # D = k + scale * S
+        inv = _neg_pow_(denom, beta)  # D^-beta
+        out = torch.mul(a, inv, out=sq)
+        q = torch.div(out, denom, out=denom)  # a D^(-beta-1), in D's storage
+        ctx.save_for_backward(a, inv, q)
         ctx.constants = (half, scale, beta)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        a, denom, inv = ctx.saved_tensors
+        a, inv, q = ctx.saved_tensors
         half, scale, beta = ctx.constants
         # d b_i / d a_j = delta_ij D_i^-beta - 2 beta scale a_i a_j D_i^(-beta-1)  for j in window(i);
         # the window is symmetric, so the second term sums over the same window around j.
-        t = grad * a * inv / denom
-        grad_a = grad * inv - (2.0 * beta * scale) * a * window_sum(t, half)
-        return grad_a, None, None, None, None
+        t = grad * q
+        s = window_sum(t, half)
+        return torch.mul(grad, inv, out=t).addcmul_(a, s, value=-2.0 * beta * scale), None, None, None, None
 
 
 def local_response_norm(a: torch.Tensor, size: int, alpha: float, beta: float, k: float, convention: str):

@@ -9,6 +9,9 @@ experiment's optimizer, precision and compile setting):
 - the data pipeline alone: uint8 batch -> device -> float -> preprocess -> augmentations, as
   ``Pipeline.train_batches`` yields them (images/s), and the train augmentations alone, each
   also as a fraction of the step time;
+- the training loop as it runs (next batch from the pipeline, then a step on it): its time per
+  iteration less the step's is what the pipeline really costs inside the loop (on a CPU more
+  than alone: right after a backward pass the first batch's ops run slower);
 - FLOPs per image, counted from the built model (forward hooks on every Conv2d and Linear:
   2 x multiply-adds, groups included, bias and elementwise layers not counted). Training
   FLOPs add, per layer, one forward's worth for the weight gradient and one for the input
@@ -44,7 +47,8 @@ from testbed.train import autocast, build_pipeline, seed_everything
 WARMUP_STEPS = 3
 WARMUP_STEPS_COMPILED = 6
 CHUNKS = 5  # the timed steps are split into this many chunks; the fastest chunk counts
-KEEP_BYTES = 2**30  # variants whose training state fits together are timed interleaved
+NOISY = 1.25  # chunk-to-chunk or start-to-end variation beyond this: warn that the machine was busy
+KEEP_BYTES = 2 * 2**30  # when all variants' training state fits in this, their steps are timed interleaved
 FLOP_CONVENTION = (
     "2 x multiply-adds of every Conv2d and Linear (groups included; bias, activations, LRN, pooling "
     "not counted); training = forward + weight gradients + input gradients (none for the first layer)"
@@ -293,6 +297,12 @@ class VariantBench:
         # augmentations alone on a preprocessed batch. Timed in chunks beside the step's chunks.
         next(batches)
         self.next_batch = lambda: next(batches)
+
+        def loop():  # what the training loop does: the next batch, then a step on it
+            xb, yb = next(batches)
+            train_step(train_model, optimizer, xb, yb, self.precision, scaler)
+
+        self.loop = loop
         self.augment = None
         if isinstance(data, InMemoryData):  # streaming data: augmentation happens inside the loader's batches
             generator = augmentation_generator(self.device, seed, 1)
@@ -302,16 +312,19 @@ class VariantBench:
         self.step_times: list[float] = []
         self.data_times: list[float] = []
         self.augment_times: list[float] = []
+        self.loop_times: list[float] = []
 
     def time_chunk(self, size: int) -> None:
-        """One chunk of ``size`` training steps, then as many pipeline batches and augmentations."""
+        """One chunk of ``size`` training steps, then as many pipeline batches and augmentations,
+        then as many iterations of the training loop (batch, then step)."""
         self.step_times.append(_time_chunk(self.step, size, self.device))
         self.data_times.append(_time_chunk(self.next_batch, size, self.device))
         if self.augment is not None:
             self.augment_times.append(_time_chunk(self.augment, size, self.device))
+        self.loop_times.append(_time_chunk(self.loop, size, self.device))
 
     def close(self) -> None:
-        self.step = self.next_batch = self.augment = None
+        self.step = self.next_batch = self.augment = self.loop = None
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -320,6 +333,7 @@ class VariantBench:
         step_s = min(self.step_times)
         data_s = min(self.data_times)
         augment_s = min(self.augment_times) if self.augment_times else None
+        loop_s = min(self.loop_times)
         images_per_s = self.batch_size / step_s
         achieved = self.flops["train"] * images_per_s / 1e9
         return {
@@ -335,6 +349,9 @@ class VariantBench:
             "augment_ms": None if augment_s is None else 1e3 * augment_s,
             "data_fraction_of_step": data_s / step_s,
             "augment_fraction_of_step": None if augment_s is None else augment_s / step_s,
+            "loop_ms": 1e3 * loop_s,
+            "loop_images_per_s": self.batch_size / loop_s,
+            "data_fraction_in_loop": max(0.0, (loop_s - step_s) / loop_s),
             "gflops_per_image": self.flops["forward"] / 1e9,
             "train_gflops_per_image": self.flops["train"] / 1e9,
             "achieved_gflops": achieved,
@@ -347,10 +364,10 @@ class VariantBench:
 
 
 def bench_experiment(experiment, registry, data: dict, device, steps: int = 20, console=None) -> dict:
-    """Benchmark every variant of ``experiment`` (``data``: variant name -> dataset, as
-    ``runner.validate`` returns it). Returns the JSON document of `testbed bench --json`.
+    """Benchmark every variant of ``experiment`` (``data``: variant name -> its dataset, from
+    ``load_dataset``). Returns the JSON document of `testbed bench --json`.
 
-    When every variant's weights fit in memory together (under ``KEEP_BYTES``), the step timings
+    When every variant's training state fits in memory together (``KEEP_BYTES``), the timings
     are interleaved: round after round, each variant runs one chunk of steps, so that a busy
     machine slows all variants alike and their ratios stay meaningful. Otherwise each variant
     is timed right after its warm-up and freed before the next is built."""
@@ -363,26 +380,31 @@ def bench_experiment(experiment, registry, data: dict, device, steps: int = 20, 
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if console is not None:
         console.print(f"bench: measuring the peak ({'/'.join(precisions)} matmul and convolution on {device}, {torch.get_num_threads()} threads)")
-    # Measured now and again after the variants (the better of the two counts), so that a busy
+    # Measured now, between the chunks and again at the end (the best counts), so that a busy
     # moment during one measurement does not inflate every utilisation.
     measured = {p: measure_peak_gflops(device, dtypes[p]) for p in precisions}
+    first_measured = {p: dict(m) for p, m in measured.items()}
     peaks = {p: max(m.values()) for p, m in measured.items()}
+
+    def probe_peaks():  # a few more peak measurements between chunks: the best of all counts
+        for p in precisions:
+            probe = measure_peak_gflops(device, dtypes[p], reps=2)
+            measured[p] = {k: max(v, probe[k]) for k, v in measured[p].items()}
+            peaks[p] = max(measured[p].values())
+
     sizes = _chunk_sizes(steps)
+    interleaved = sum(_state_bytes(v, registry, data[v.name]) for v in experiment.variants) <= KEEP_BYTES
     kept: list[VariantBench] = []
     records: dict[str, dict] = {}
-    kept_bytes = 0
-    interleaved = True
     for v in experiment.variants:
         vb = VariantBench(v, registry, data[v.name], device, steps, console)
         memory_note = vb.memory_note
-        state_bytes = 16 * vb.parameters  # weights, gradients, momentum, slack
-        if interleaved and kept_bytes + state_bytes <= KEEP_BYTES:
+        if interleaved:
             kept.append(vb)
-            kept_bytes += state_bytes
             continue
-        interleaved = False
         for n in sizes:
             vb.time_chunk(n)
+        probe_peaks()
         records[vb.name] = vb.record(peaks[vb.precision])
         vb.close()
         _report(console, records[vb.name])
@@ -390,10 +412,13 @@ def bench_experiment(experiment, registry, data: dict, device, steps: int = 20, 
     for r, n in enumerate(sizes):
         for vb in kept if r % 2 == 0 else reversed(kept):
             vb.time_chunk(n)
+        if kept:
+            probe_peaks()
     for vb in kept:
         vb.close()  # frees the batch and the model's state; the timings stay
+    again_measured = {}
     for p in precisions:
-        again = measure_peak_gflops(device, dtypes[p])
+        again = again_measured[p] = measure_peak_gflops(device, dtypes[p])
         measured[p] = {k: max(v, again[k]) for k, v in measured[p].items()}
         peaks[p] = max(measured[p].values())
     for vb in kept:
@@ -407,9 +432,9 @@ def bench_experiment(experiment, registry, data: dict, device, steps: int = 20, 
         r["step_time_vs_baseline"] = r["step_ms"] / base["step_ms"]
     cores = physical_cores()
     threads = torch.get_num_threads()
-    timing = (f"best of {len(sizes)} chunks of {steps} timed steps after {WARMUP_STEPS} warm-up steps, one fixed batch "
-              f"already on the device; pipeline and augmentation timed in chunks of as many batches, beside the step's; "
-              + ("chunks interleaved across variants" if interleaved else "variants timed one after another"))
+    timing = (f"{steps} timed steps per variant after {WARMUP_STEPS} warm-up steps, on one fixed batch already on the device, "
+              f"in {len(sizes)} chunks of which the fastest counts; the pipeline and the augmentations timed the same way, "
+              f"chunk beside chunk; " + ("chunks interleaved across variants" if interleaved else "variants timed one after another"))
     doc = {
         "experiment": experiment.name,
         "device": str(device),
@@ -423,12 +448,29 @@ def bench_experiment(experiment, registry, data: dict, device, steps: int = 20, 
         "peak_measurements_gflops": measured,
         "flop_convention": FLOP_CONVENTION,
         "timing": timing,
+        "interleaved": interleaved,
         "memory": memory_note + ("; the variants built before it stay alive (their steps are timed interleaved)" if len(kept) > 1 else ""),
         "variants": variants,
     }
+    drift = [max(first_measured[p].values()) / max(again_measured[p].values()) for p in precisions]
+    doc["noise"] = {
+        "step_spread_max": max(r["step_ms_median"] / r["step_ms"] for r in variants),  # median chunk / fastest chunk
+        "peak_drift_max": max(max(d, 1 / d) for d in drift),  # peak at the start vs at the end, either way
+    }
+    if console is not None and max(doc["noise"].values()) > NOISY:
+        console.print(f"[yellow]bench: timings varied by more than {100 * (NOISY - 1):.0f}% between chunks or between the peak "
+                      f"measurements: something else was running; compare ratios only from a quiet rerun[/yellow]")
     if device.type == "cpu" and threads != cores and console is not None:
         console.print(f"[yellow]bench: torch uses {threads} threads on {cores} physical cores[/yellow]")
     return doc
+
+
+def _state_bytes(variant, registry, data) -> int:
+    """Bytes of a variant's training state (weights, gradients, momentum, slack), from a
+    shape-only build on the meta device."""
+    with torch.device("meta"):
+        built = build_model(variant.config["model"], len(data.class_names), data.image_size, registry, device=None)
+    return 16 * sum(p.numel() for p in built.module.parameters())
 
 
 def _report(console, r: dict) -> None:
@@ -457,7 +499,8 @@ def render_bench(doc: dict, console) -> None:
     )
     for name, justify in [
         ("variant", "left"), ("batch", "right"), ("step ms", "right"), ("train img/s", "right"), ("vs baseline", "right"),
-        ("data img/s", "right"), ("data % of step", "right"), ("augment % of step", "right"), ("GFLOP/img fwd", "right"),
+        ("data img/s", "right"), ("data % of step", "right"), ("augment % of step", "right"), ("loop img/s", "right"),
+        ("data % in loop", "right"), ("GFLOP/img fwd", "right"),
         ("GFLOP/img train", "right"), ("GFLOP/s", "right"), ("utilisation", "right"), ("peak MB", "right"),
     ]:
         table.add_column(name, justify=justify, no_wrap=True)
@@ -467,6 +510,7 @@ def render_bench(doc: dict, console) -> None:
             num(r.get("step_time_vs_baseline"), ".2f") + "x", num(r["data_images_per_s"], ".0f"),
             num(100 * r["data_fraction_of_step"], ".1f"),
             "-" if r["augment_fraction_of_step"] is None else num(100 * r["augment_fraction_of_step"], ".1f"),
+            num(r["loop_images_per_s"], ".0f"), num(100 * r["data_fraction_in_loop"], ".1f"),
             num(r["gflops_per_image"], ".4f"), num(r["train_gflops_per_image"], ".4f"), num(r["achieved_gflops"], ".1f"),
             num(100 * r["utilisation"], ".1f") + "%", num(r["peak_memory_mb"], ".0f"),
         )
