@@ -42,7 +42,7 @@ from torch import nn
 
 from testbed.data import InMemoryData, augmentation_generator, center_crop
 from testbed.model import build_model
-from testbed.train import autocast, build_pipeline, seed_everything
+from testbed.train import build_pipeline, seed_everything, train_step
 
 WARMUP_STEPS = 3
 WARMUP_STEPS_COMPILED = 6
@@ -53,24 +53,6 @@ FLOP_CONVENTION = (
     "2 x multiply-adds of every Conv2d and Linear (groups included; bias, activations, LRN, pooling "
     "not counted); training = forward + weight gradients + input gradients (none for the first layer)"
 )
-
-
-def train_step(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32", scaler=None):
-    """One training step: forward, cross-entropy, backward, optimizer update. No host sync.
-
-    Returns (loss, logits), still on the device and attached to nothing the caller must keep."""
-    with autocast(precision, x.device):
-        logits = model(x)
-        loss = F.cross_entropy(logits.float(), y.to(logits.device))
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-    return loss, logits
 
 
 # ---------------------------------------------------------------------------- machine

@@ -160,53 +160,80 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def evaluate(model, pipeline: Pipeline, batch_size: int, precision: str, dist: Dist, views: bool = True) -> tuple[float, float]:
-    """Top-1 and top-5 error on the held-out set, softmax averaged over the test views
-    (``views=False``: the centre patch only)."""
+def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32", scaler=None):
+    """One training step: forward, cross-entropy, backward, optimizer update. No host sync.
+
+    Returns (loss, logits), still on the device."""
+    with autocast(precision, x.device):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y.to(logits.device))
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss, logits
+
+
+class SaturationProbe:
+    """Per activation layer, the fraction of outputs in the flat part of the curve, over the forward
+    passes made while it is open. Only activations that define ``saturation(y)`` are measured."""
+
+    def __init__(self, model):
+        self.fractions: dict[str, list] = {}
+        self.hooks = [
+            module.register_forward_hook(self._hook(path.rsplit(".", 1)[-1]))
+            for path, module in model.named_modules()
+            if hasattr(module, "saturation")
+        ]
+
+    def _hook(self, name):
+        def hook(module, _inputs, out):
+            self.fractions.setdefault(name, []).append(module.saturation(out.float()).float().mean())
+
+        return hook
+
+    def close(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        self.hooks = []
+
+    def result(self) -> dict:
+        return {name: round(float(torch.stack(v).mean()), 6) for name, v in self.fractions.items()}
+
+
+def evaluate(model, pipeline: Pipeline, batch_size: int, precision: str, dist: Dist, views: bool = True, probe: bool = False):
+    """(top-1 error, top-5 error, saturation) on the held-out set, softmax averaged over the test
+    views (``views=False``: the centre patch only). With ``probe``, the saturation statistics of
+    the first batch (see SaturationProbe), else {}."""
     model.eval()
     wrong1 = wrong5 = seen = 0
-    with torch.no_grad(), autocast(precision, pipeline.device):
-        for views, labels in pipeline.test_batches(batch_size, dist.rank, dist.world, views):
-            v, b = views.shape[:2]
-            logits = model(views.flatten(0, 1)).float().view(v, b, -1)
-            probs = logits.softmax(-1).mean(0)
-            k = min(5, probs.shape[-1])
-            top = probs.topk(k, dim=-1).indices
-            hit1 = top[:, 0] == labels
-            hit5 = (top == labels.unsqueeze(1)).any(1)
-            wrong1 += (~hit1).sum()
-            wrong5 += (~hit5).sum()
-            seen += b
+    saturation = SaturationProbe(model) if probe else None
+    try:
+        with torch.no_grad(), autocast(precision, pipeline.device):
+            for views, labels in pipeline.test_batches(batch_size, dist.rank, dist.world, views):
+                v, b = views.shape[:2]
+                logits = model(views.flatten(0, 1)).float().view(v, b, -1)
+                if saturation is not None:
+                    saturation.close()  # one batch is enough for a fraction
+                probs = logits.softmax(-1).mean(0)
+                k = min(5, probs.shape[-1])
+                top = probs.topk(k, dim=-1).indices
+                hit1 = top[:, 0] == labels
+                hit5 = (top == labels.unsqueeze(1)).any(1)
+                wrong1 += (~hit1).sum()
+                wrong5 += (~hit5).sum()
+                seen += b
+    finally:
+        if saturation is not None:
+            saturation.close()
     wrong1, wrong5, seen = dist.sum([float(wrong1), float(wrong5), float(seen)], pipeline.device)
     if seen == 0:
         raise BadInput("the held-out set is empty")
-    return wrong1 / seen, wrong5 / seen
-
-
-def saturation_stats(model, pipeline: Pipeline, precision: str) -> dict:
-    """Per activation layer, the fraction of outputs where the unit is saturated (flat part of its
-    curve), on one held-out batch. Only for activations that define ``saturation(y)``."""
-    fractions: dict[str, list] = {}
-    hooks = []
-    for path, module in model.named_modules():
-        if hasattr(module, "saturation"):
-            name = path.rsplit(".", 1)[-1]
-
-            def hook(m, _inp, out, name=name):
-                fractions.setdefault(name, []).append(m.saturation(out.float()).float().mean())
-
-            hooks.append(module.register_forward_hook(hook))
-    if not hooks:
-        return {}
-    model.eval()
-    try:
-        with torch.no_grad(), autocast(precision, pipeline.device):
-            views, _ = next(iter(pipeline.test_batches(256, views=False)))
-            model(views[0])
-    finally:
-        for h in hooks:
-            h.remove()
-    return {name: round(float(torch.stack(v).mean()), 6) for name, v in fractions.items()}
+    return wrong1 / seen, wrong5 / seen, saturation.result() if saturation is not None else {}
 
 
 def rng_state() -> dict:
@@ -324,7 +351,8 @@ def run_job(ctx: JobContext) -> dict:
     if ctx.checkpoint.exists():
         state = load_checkpoint(ctx.checkpoint)
         _state_module(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:  # absent once the job has finished
+            optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -344,6 +372,9 @@ def run_job(ctx: JobContext) -> dict:
     def checkpoint(epoch_done: int, step: int, gen=None):
         if ctx.dist.rank != 0:
             return
+        # A finished job is never resumed: its last checkpoint keeps the weights, not the optimizer
+        # state (as large again, and a noticeable part of a short job's time to write).
+        finished = epoch_done == train_cfg["epochs"]
         save_checkpoint(
             ctx.checkpoint,
             {
@@ -352,7 +383,7 @@ def run_job(ctx: JobContext) -> dict:
                 "variant": ctx.variant.name,
                 "seed": ctx.seed,
                 "model": _state_module(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
+                **({} if finished else {"optimizer": optimizer.state_dict()}),
                 "schedule": schedule.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else {},
                 "epoch": epoch_done,
@@ -377,17 +408,7 @@ def run_job(ctx: JobContext) -> dict:
         first_step = start_step
         tick = time.perf_counter()
         for step, (x, y) in enumerate(pipeline.train_batches(epoch, ctx.seed, batch_size, generator, start_step, ctx.dist.rank, ctx.dist.world), start=start_step + 1):
-            with autocast(precision, input_device):
-                logits = train_model(x)
-                loss = F.cross_entropy(logits.float(), y.to(logits.device))
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            loss, logits = train_step(train_model, optimizer, x, y, precision, scaler)
             loss_sum += loss.detach().to(input_device, torch.float64) * len(y)
             wrong += (logits.detach().argmax(1).to(y.device) != y).sum()
             seen += len(y)
@@ -409,7 +430,7 @@ def run_job(ctx: JobContext) -> dict:
         eval_tick = time.perf_counter()
         # The configured test views (the paper's ten-crop) at the last epoch; the centre patch before.
         final = epoch == train_cfg["epochs"]
-        top1, top5 = evaluate(train_model, pipeline, train_cfg["eval_batch_size"], precision, ctx.dist, views=final)
+        top1, top5, saturation = evaluate(train_model, pipeline, train_cfg["eval_batch_size"], precision, ctx.dist, final, probe=True)
         record = {
             "epoch": epoch,
             "train_loss": totals[0] / max(totals[2], 1),
@@ -424,7 +445,7 @@ def run_job(ctx: JobContext) -> dict:
             "images_per_s": totals[2] / train_s if train_s > 0 else None,
             "resumed_mid_epoch": bool(first_step),
             "skipped_unreadable": pipeline.skipped,  # images a streaming dataset could not read, so far
-            "saturation": saturation_stats(model, pipeline, precision) if ctx.dist.rank == 0 else {},
+            "saturation": saturation,  # of the first held-out batch
         }
         history.append(record)
         schedule.step({"test_top1": top1, "test_top5": top5, "train_error": record["train_error"], "train_loss": record["train_loss"]})
