@@ -76,8 +76,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "target_train_error": Key(0.25, "float", 0.0, 1.0, help="Figure 1's measure: epochs to this training error"),
         "precision": Key("fp32", "choice", choices=("fp32", "bf16", "fp16")),
         "compile": Key(False, "bool", help="torch.compile the model"),
-        "eval_batch_size": Key(500, "int", 1, 2**20),
-        "activation_stats": Key(False, "bool", help="log per-layer saturation of activations every epoch"),
+        "eval_batch_size": Key(128, "int", 1, 2**20, help="images per forward pass when evaluating (each test view separately)"),
     },
 }
 TOP_LEVEL = ("name", "description", "setting", "compare", "data", "model", "augment", "train", "variant")
