@@ -17,7 +17,8 @@ import torch
 
 from _common import wait_for_idle
 from testbed import plugins
-from testbed.bench import synchronize, train_step
+from testbed.bench import synchronize
+from testbed.train import train_step
 from testbed.model import build_model
 
 CASES = {  # name: (geometry, width, image size, batch)

@@ -28,7 +28,7 @@ from torch import nn
 
 from _common import wait_for_idle
 from testbed import plugins
-from testbed.bench import train_step
+from testbed.train import train_step
 from testbed.model import TowerSplit, build_model
 
 GEOMETRIES = {  # name: (geometry, width, image size, batch, classes)

@@ -26,14 +26,17 @@ from torch import nn
 from testbed import hookimpl
 
 
-def window_sum(x: torch.Tensor, half: int) -> torch.Tensor:
-    """sum_{j=i-half}^{i+half} x[:, j] along dim 1, clipped at the ends (the LRN window)."""
+def window_sum(x: torch.Tensor, half: int, towers: int = 1) -> torch.Tensor:
+    """sum_{j=i-half}^{i+half} x[:, j] along dim 1, clipped at the ends (the LRN window) and, with
+    ``towers`` > 1, at the towers' boundaries: each tower's channels are summed on their own.
+    Shifted slices along dim 1 are views in either memory format, so nothing is copied."""
     out = x.clone()
-    for d in range(1, half + 1):
-        if d >= x.shape[1]:
-            break
-        out[:, d:] += x[:, :-d]
-        out[:, :-d] += x[:, d:]
+    per = x.shape[1] // towers
+    for start in range(0, x.shape[1], per):
+        block, src = out[:, start : start + per], x[:, start : start + per]
+        for d in range(1, min(half, per - 1) + 1):
+            block[:, d:] += src[:, :-d]
+            block[:, :-d] += src[:, d:]
     return out
 
 
@@ -57,32 +60,32 @@ class _LRNFunction(torch.autograd.Function):
     tensor outlives the forward, and the backward is three passes plus one window sum."""
 
     @staticmethod
-    def forward(ctx, a, half, scale, beta, k):
+    def forward(ctx, a, half, scale, beta, k, towers):
         sq = a * a
-        denom = window_sum(sq, half).mul_(scale).add_(k)  # D = k + scale * S
+        denom = window_sum(sq, half, towers).mul_(scale).add_(k)  # D = k + scale * S
         inv = _neg_pow_(denom, beta)  # D^-beta
         out = torch.mul(a, inv, out=sq)
         q = torch.div(out, denom, out=denom)  # a D^(-beta-1), in D's storage
         ctx.save_for_backward(a, inv, q)
-        ctx.constants = (half, scale, beta)
+        ctx.constants = (half, scale, beta, towers)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         a, inv, q = ctx.saved_tensors
-        half, scale, beta = ctx.constants
+        half, scale, beta, towers = ctx.constants
         # d b_i / d a_j = delta_ij D_i^-beta - 2 beta scale a_i a_j D_i^(-beta-1)  for j in window(i);
         # the window is symmetric, so the second term sums over the same window around j.
         t = grad * q
-        s = window_sum(t, half)
-        return torch.mul(grad, inv, out=t).addcmul_(a, s, value=-2.0 * beta * scale), None, None, None, None
+        s = window_sum(t, half, towers)
+        return torch.mul(grad, inv, out=t).addcmul_(a, s, value=-2.0 * beta * scale), None, None, None, None, None
 
 
-def local_response_norm(a: torch.Tensor, size: int, alpha: float, beta: float, k: float, convention: str):
+def local_response_norm(a: torch.Tensor, size: int, alpha: float, beta: float, k: float, convention: str, towers: int = 1):
     scale = alpha / size if convention == "divided-by-n" else alpha
     if a.dtype in (torch.float16, torch.bfloat16):  # the power and the sum of squares want float32
-        return _LRNFunction.apply(a.float(), size // 2, scale, beta, k).to(a.dtype)
-    return _LRNFunction.apply(a, size // 2, scale, beta, k)
+        return _LRNFunction.apply(a.float(), size // 2, scale, beta, k, towers).to(a.dtype)
+    return _LRNFunction.apply(a, size // 2, scale, beta, k, towers)
 
 
 class LocalResponseNorm(nn.Module):
@@ -92,6 +95,11 @@ class LocalResponseNorm(nn.Module):
 
     def forward(self, x):
         return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.alpha_convention)
+
+    def forward_towers(self, x, towers: int):
+        """All towers in one pass, each normalised over its own channels only: what the core's
+        TowerSplit would compute with one copy per tower, without splitting and concatenating."""
+        return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.alpha_convention, towers)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, alpha_convention={self.alpha_convention}"

@@ -42,7 +42,7 @@ from torch import nn
 
 from testbed.data import InMemoryData, augmentation_generator, center_crop
 from testbed.model import build_model
-from testbed.train import build_pipeline, seed_everything, train_step
+from testbed.train import build_for_training, build_pipeline, seed_everything, train_step
 
 WARMUP_STEPS = 3
 WARMUP_STEPS_COMPILED = 6
@@ -239,7 +239,7 @@ class VariantBench:
         memory.reset()
 
         seed_everything(seed)
-        built = build_model(cfg["model"], len(data.class_names), data.image_size, registry, device)
+        built = build_for_training(cfg, data, registry, device)
         model = built.module
         self.device = built.placement.input_device(device)
         pipeline = build_pipeline(variant, data, built, registry, self.device)

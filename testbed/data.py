@@ -248,8 +248,10 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 class Pipeline:
     """Batches of model inputs for one job: the data, its preprocessing and augmentations, on a device."""
 
-    def __init__(self, data, preprocess: Preprocess, train_augs: list, test_views: TestViews, input_size: int, device):
+    def __init__(self, data, preprocess: Preprocess, train_augs: list, test_views: TestViews, input_size: int, device,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         self.data = data
+        self.memory_format = memory_format  # of the model inputs
         self.device = torch.device(device)
         self.preprocess = preprocess.to(self.device)
         self.train_augs = train_augs
@@ -273,7 +275,7 @@ class Pipeline:
             x = aug(x, generator)
         if x.shape[-1] != self.input_size:  # no crop in the pipeline: take the centre
             x = center_crop(x, self.input_size)
-        return x.contiguous()
+        return x.contiguous(memory_format=self.memory_format)
 
     def train_batches(self, epoch: int, seed: int, batch_size: int, generator: torch.Generator, start_step: int = 0, rank: int = 0, world: int = 1):
         """(inputs, labels) for one epoch; the order depends only on (seed, epoch).

@@ -92,3 +92,21 @@ def test_half_precision_input_is_normalised_in_float32():
     out = lrn(8)(a.to(torch.bfloat16))
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), lrn(8)(a), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("towers", [1, 2])
+def test_towers_and_memory_formats_match_the_formula_per_tower(channels_last, towers):
+    """forward_towers normalises each tower's channels on its own, in either memory format."""
+    torch.manual_seed(4)
+    a = (torch.randn(3, 12, 5, 4, dtype=torch.float64) * 3).requires_grad_()
+    x = a.contiguous(memory_format=torch.channels_last) if channels_last else a
+    module = lrn(12 // towers, size=5, alpha=0.6, beta=0.75, k=1.0)
+    got = module.forward_towers(x, towers)
+    parts = a.chunk(towers, dim=1)
+    want = torch.cat([lrn_by_the_formula(p, 5, 0.6, 0.75, 1.0, "divided-by-n") for p in parts], dim=1)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(want)
+    (grad_got,) = torch.autograd.grad(got, a, g)
+    (grad_want,) = torch.autograd.grad(want, a, g)
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-9, atol=1e-12)
