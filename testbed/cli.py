@@ -183,9 +183,15 @@ def show(file, sets, as_json):
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--vs", "other", type=click.Path(path_type=Path), help="A second run to compare variant by variant.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--plots", is_flag=True, help="Draw the run's plots again (from its store and checkpoints).")
 @guarded
-def report(run_dir, other, as_json):
+def report(run_dir, other, as_json, plots):
     """The results table of a run again, from its store (optionally beside a second run)."""
+    if plots:
+        from testbed.runner import redraw_plots
+
+        for path in redraw_plots(run_dir, _registry(), err_console()):
+            click.echo(f"drew {path}", err=True)
     from testbed.report import comparison_doc, render, render_comparison, table_console
     from testbed.results import Store, summarize
 

@@ -30,10 +30,14 @@ def learning_curves(epochs: list[dict], variants: list[str], target: float | Non
     plt = _pyplot()
     curves = mean_curves(epochs, "train_error")
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name in variants:
-        if name in curves:
-            xs, ys = curves[name]
-            ax.plot(xs, ys, marker="o", markersize=3, label=name, linewidth=2.2 if name == "baseline" else 1.4)
+    colours = plt.cm.tab20.colors  # 20 distinct colours, then the line style changes
+    for i, name in enumerate(v for v in variants if v in curves):
+        xs, ys = curves[name]
+        if name == "baseline":  # black and on top: what every variant is read against
+            ax.plot(xs, ys, "-", marker="o", markersize=3, label=name, color="black", linewidth=2.4, zorder=10)
+            continue
+        style = "-" if i <= len(colours) else "--"
+        ax.plot(xs, ys, style, marker="o", markersize=3, label=name, color=colours[(i - 1) % len(colours)], linewidth=1.4)
     if target is not None:
         ax.axhline(target, color="black", linestyle="--", linewidth=1, label=f"target {target:.0%}")
     ax.set_xlabel("epoch")
@@ -77,9 +81,11 @@ def conv1_kernels(model: torch.nn.Module, towers: int, path: Path, title: str) -
     """One block per tower, like the paper's Fig. 3 (top 48: GPU 1, bottom 48: GPU 2)."""
     plt = _pyplot()
     blocks = conv1_towers(model, towers)
-    fig, axes = plt.subplots(len(blocks), 1, figsize=(8, 2.2 * len(blocks) + 0.6), squeeze=False)
+    columns = min(16, len(blocks[0]))
+    rows = -(-len(blocks[0]) // columns)
+    fig, axes = plt.subplots(len(blocks), 1, figsize=(8, len(blocks) * (8 * rows / columns + 0.45) + 0.4), squeeze=False)
     for t, (ax, kernels) in enumerate(zip(axes[:, 0], blocks)):
-        ax.imshow(kernel_grid(kernels, columns=min(16, len(kernels))).numpy(), interpolation="nearest")
+        ax.imshow(kernel_grid(kernels, columns=columns).numpy(), interpolation="nearest")
         label = f"tower {'AB'[t]}" if len(blocks) > 1 else "single tower"
         ax.set_title(f"{label}: {len(kernels)} kernels {kernels.shape[-1]}x{kernels.shape[-2]}", fontsize=9)
         ax.axis("off")

@@ -17,6 +17,9 @@ def mean_std(metric: dict, scale=100.0, digits=1) -> str:
     text = f"{scale * metric['mean']:.{digits}f}"
     if metric["std"] is not None:
         text += f" ± {scale * metric['std']:.{digits}f}"
+    if metric.get("missing"):  # e.g. seeds that never reached the target
+        n = len(metric["values"])
+        text += f" ({n}/{n + metric['missing']})"
     return text
 
 

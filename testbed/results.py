@@ -147,14 +147,15 @@ class Store:
 # ---------------------------------------------------------------------------- summary
 
 
-def spread(values: list[float]) -> dict:
-    values = [v for v in values if v is not None]
-    if not values:
-        return {"mean": None, "std": None, "values": []}
+def spread(values: list) -> dict:
+    """Mean and sample standard deviation of the seeds' values; ``missing`` counts seeds without a
+    value (a target never reached)."""
+    present = [v for v in values if v is not None]
     return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else None,
-        "values": values,
+        "mean": statistics.fmean(present) if present else None,
+        "std": statistics.stdev(present) if len(present) > 1 else None,
+        "values": present,
+        "missing": len(values) - len(present),
     }
 
 

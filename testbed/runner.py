@@ -367,3 +367,35 @@ def make_learning_curves(store: Store, run_dir: Path, experiment: Experiment) ->
         from testbed.plots import figure1
 
         figure1(epochs, experiment, run_dir / "plots" / "figure1.png")
+
+
+def redraw_plots(run_dir: Path, registry, console: Console) -> list[Path]:
+    """Draw a run's plots again from its store and its checkpoints (`testbed report DIR --plots`)."""
+    from testbed.describe import data_shape
+    from testbed.model import build_model
+    from testbed.plots import conv1_kernels
+    from testbed.train import load_checkpoint
+
+    store = Store.open_run(run_dir)
+    try:
+        experiment = store.experiment()
+        make_learning_curves(store, run_dir, experiment)
+    finally:
+        store.close()
+    drawn = sorted((run_dir / "plots").glob("*.png"))
+    for v in experiment.variants:
+        ckpt = checkpoint_path(run_dir, v.name, v.config["train"]["seeds"][0])
+        if not ckpt.exists():
+            continue
+        try:
+            state = load_checkpoint(ckpt)
+            size, classes = data_shape(v.config["data"], registry)
+            built = build_model(v.config["model"], classes, size, registry, "cpu")
+            built.module.load_state_dict(state["model"])
+        except (BadInput, RuntimeError) as exc:  # e.g. towers on GPUs this machine does not have
+            console.print(f"[yellow]conv1 plot for {v.name} skipped: {exc}[/yellow]")
+            continue
+        path = run_dir / "plots" / f"conv1-{v.name}.png"
+        conv1_kernels(built.module, built.plan.towers, path, f"{v.name}: conv1 kernels (seed {state['seed']})")
+        drawn.append(path)
+    return sorted(set(drawn))
