@@ -74,6 +74,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "schedule": Key("plateau", "component", component="schedule"),
         "seeds": Key(1, "seeds", help="a count (seeds 0..N-1) or a list of seeds"),
         "target_train_error": Key(0.25, "float", 0.0, 1.0, help="Figure 1's measure: epochs to this training error"),
+        "stop_at_target": Key(False, "bool", help="end a job at the first epoch at or below target_train_error"),
         "precision": Key("fp32", "choice", choices=("fp32", "bf16", "fp16")),
         "compile": Key(False, "bool", help="torch.compile the model"),
         "memory_format": Key("auto", "choice", choices=("auto", "channels-last", "contiguous"),

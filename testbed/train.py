@@ -375,6 +375,8 @@ def run_job(ctx: JobContext) -> dict:
             scaler.load_state_dict(state["scaler"])
         history = list(state["history"])
         start_epoch, start_step = state["epoch"] + 1, state["step"]
+        if state.get("finished"):  # stopped at the target before its last epoch: nothing left to train
+            start_epoch = train_cfg["epochs"] + 1
         set_rng_state(state["rng"])
         if start_step:
             partial = dict(state["partial"])
@@ -386,12 +388,11 @@ def run_job(ctx: JobContext) -> dict:
         train_model = torch.compile(train_model)
     steps = pipeline.steps_per_epoch(batch_size)
 
-    def checkpoint(epoch_done: int, step: int, gen=None):
+    def checkpoint(epoch_done: int, step: int, gen=None, finished: bool = False):
         if ctx.dist.rank != 0:
             return
         # A finished job is never resumed: its last checkpoint keeps the weights, not the optimizer
         # state (as large again, and a noticeable part of a short job's time to write).
-        finished = epoch_done == train_cfg["epochs"]
         save_checkpoint(
             ctx.checkpoint,
             {
@@ -404,6 +405,7 @@ def run_job(ctx: JobContext) -> dict:
                 "schedule": schedule.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else {},
                 "epoch": epoch_done,
+                "finished": finished,
                 "step": step,
                 "partial": partial if step else {},
                 "aug_generator": gen.get_state() if (step and gen is not None) else torch.empty(0, dtype=torch.uint8),
@@ -446,12 +448,14 @@ def run_job(ctx: JobContext) -> dict:
             raise Diverged(epoch, steps, totals[0])
         eval_tick = time.perf_counter()
         # The configured test views (the paper's ten-crop) at the last epoch; the centre patch before.
-        final = epoch == train_cfg["epochs"]
+        train_error = totals[1] / max(totals[2], 1)
+        reached = train_cfg["stop_at_target"] and train_error <= train_cfg["target_train_error"]
+        final = epoch == train_cfg["epochs"] or reached
         top1, top5, saturation = evaluate(train_model, pipeline, train_cfg["eval_batch_size"], precision, ctx.dist, final, probe=True)
         record = {
             "epoch": epoch,
             "train_loss": totals[0] / max(totals[2], 1),
-            "train_error": totals[1] / max(totals[2], 1),
+            "train_error": train_error,
             "test_top1": top1,
             "test_top5": top5,
             "test_views": cfg["augment"]["test"]["name"] if final else "center",
@@ -468,8 +472,10 @@ def run_job(ctx: JobContext) -> dict:
         schedule.step({"test_top1": top1, "test_top5": top5, "train_error": record["train_error"], "train_loss": record["train_loss"]})
         partial = {"loss_sum": 0.0, "wrong": 0.0, "seen": 0.0, "train_s": 0.0}
         start_step, generator = 0, None
-        checkpoint(epoch, 0)
+        checkpoint(epoch, 0, finished=final)
         ctx.on_epoch(record)
+        if final:
+            break
         if ctx.dist.sum([float(ctx.stop.requested)], input_device)[0] > 0:
             raise Interrupted()
     return {"metrics": final_metrics(history, train_cfg["target_train_error"], parameters), "history": history, "components": component_records(cfg, ctx.registry), "model": model}
