@@ -35,29 +35,16 @@ class ConvSpec:
 
 
 # The paper's 227 px table (paper.md) and its 32 px twin: same topology, conv1 5x5 stride 1.
+PAPER_CONVS = (
+    ConvSpec("conv1", 96, 11, 4, 0, False, norm=True, pool=True),
+    ConvSpec("conv2", 256, 5, 1, 2, True, norm=True, pool=True),
+    ConvSpec("conv3", 384, 3, 1, 1, False),
+    ConvSpec("conv4", 384, 3, 1, 1, True),
+    ConvSpec("conv5", 256, 3, 1, 1, True, pool=True),
+)
 GEOMETRIES: dict[str, dict] = {
-    "imagenet": {
-        "input_size": 227,
-        "convs": (
-            ConvSpec("conv1", 96, 11, 4, 0, False, norm=True, pool=True),
-            ConvSpec("conv2", 256, 5, 1, 2, True, norm=True, pool=True),
-            ConvSpec("conv3", 384, 3, 1, 1, False),
-            ConvSpec("conv4", 384, 3, 1, 1, True),
-            ConvSpec("conv5", 256, 3, 1, 1, True, pool=True),
-        ),
-        "fc": (4096, 4096),
-    },
-    "cifar": {
-        "input_size": 32,
-        "convs": (
-            ConvSpec("conv1", 96, 5, 1, 2, False, norm=True, pool=True),
-            ConvSpec("conv2", 256, 5, 1, 2, True, norm=True, pool=True),
-            ConvSpec("conv3", 384, 3, 1, 1, False),
-            ConvSpec("conv4", 384, 3, 1, 1, True),
-            ConvSpec("conv5", 256, 3, 1, 1, True, pool=True),
-        ),
-        "fc": (4096, 4096),
-    },
+    "imagenet": {"input_size": 227, "convs": PAPER_CONVS, "fc": (4096, 4096)},
+    "cifar": {"input_size": 32, "convs": (replace(PAPER_CONVS[0], kernel=5, stride=1, padding=2),) + PAPER_CONVS[1:], "fc": (4096, 4096)},
 }
 SKIPPABLE = ("conv3", "conv4", "conv5")
 LAYER_ORDER = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7", "fc8")

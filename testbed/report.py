@@ -77,7 +77,7 @@ def paper_delta_text(paper: dict) -> str:
     if "top1" in paper or "top5" in paper:
         return "/".join(f"{paper[k]:+.1f}" if k in paper else "?" for k in ("top1", "top5"))
     if "factor" in paper:
-        return f"{paper['factor']:g}x faster"
+        return f"factor {paper['factor']:g}"
     if "test_error" in paper:
         return f"{paper['test_error']:g}% err"
     return "see note" if "claim" in paper else ""

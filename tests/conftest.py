@@ -4,6 +4,8 @@ they find CIFAR-10 under $TESTBED_DATA (../shared/datasets next to the repositor
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,24 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TESTBED_DATA", str(REPO.parent / "shared" / "datasets"))
 
 from testbed import plugins  # noqa: E402
+
+
+def _command(args) -> list[str]:
+    return [sys.executable, "-m", "testbed", *map(str, args)]
+
+
+def _env(extra: dict | None) -> dict:
+    return {**os.environ, "TESTBED_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "2", **(extra or {})}
+
+
+def run_testbed(*args, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m testbed ARGS` in a fresh process, as a user runs it (built-in plugins only, 2 threads)."""
+    return subprocess.run(_command(args), capture_output=True, text=True, env=_env(env), timeout=timeout, cwd=REPO)
+
+
+def start_testbed(*args, env: dict | None = None, **popen) -> subprocess.Popen:
+    """The same, started in the background (to be signalled or killed)."""
+    return subprocess.Popen(_command(args), env=_env(env), cwd=REPO, **popen)
 
 
 def cifar_root() -> Path:

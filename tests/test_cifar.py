@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-from conftest import needs_cifar
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import needs_cifar, run_testbed
 
 SLICE = """
 name = "cifar-slice"
@@ -39,9 +33,7 @@ seeds = 1
 def test_a_cifar_slice_learns_and_reports(tmp_path):
     file = tmp_path / "slice.toml"
     file.write_text(SLICE)
-    env = {**os.environ, "TESTBED_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    run = subprocess.run([sys.executable, "-m", "testbed", "run", str(file), "--out", str(tmp_path / "run"), "--json", "-q"],
-                         capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    run = run_testbed("run", file, "--out", tmp_path / "run", "--json", "-q", timeout=900)
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
     top1 = doc["variants"][0]["metrics"]["top1_error"]["mean"]
@@ -49,6 +41,5 @@ def test_a_cifar_slice_learns_and_reports(tmp_path):
     assert doc["variants"][0]["components"]["dataset"] == {"name": "cifar10", "params": {"download": True}, "plugin": "builtin.datasets", "version": doc["variants"][0]["components"]["dataset"]["version"]}
     for name in ("results.sqlite", "plots/learning-curves.png", "plots/conv1-baseline.png"):
         assert (tmp_path / "run" / name).is_file(), name
-    report = subprocess.run([sys.executable, "-m", "testbed", "report", str(tmp_path / "run"), "--json"],
-                            capture_output=True, text=True, env=env, cwd=REPO)
+    report = run_testbed("report", tmp_path / "run", "--json")
     assert json.loads(report.stdout) == doc

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from testbed.data import AugmentContext, DataRequest, InMemoryData, Pipeline, balanced_subset, compute_stats, load_dataset
+from testbed.data import AugmentContext, DataRequest, InMemoryData, balanced_subset, compute_stats, load_dataset
 from testbed.errors import BadInput
 from testbed.experiment import build_experiment
 from testbed_builtins.augmentations import TenCrop, crop_batch, hflip, pca_lighting, random_crop, ten_crop

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 from rich.console import Console
 
+from conftest import run_testbed
+
 from testbed.report import render_speedups
 from testbed.results import _factor, _time_to_target
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def runs(*epochs, ran=5, seconds_per_epoch=10.0):
@@ -120,9 +116,7 @@ train.optimizer.lr = 0.0005
 def test_a_figure1_grid_reports_factors_per_setting_and_draws_the_figure(tmp_path):
     file = tmp_path / "fig1.toml"
     file.write_text(EXPERIMENT)
-    env = {**os.environ, "TESTBED_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    proc = subprocess.run([sys.executable, "-m", "testbed", "run", str(file), "--out", str(tmp_path / "run"), "--json", "-q"],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    proc = run_testbed("run", file, "--out", tmp_path / "run", "--json", "-q")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     rows = {row["setting"]: row for row in doc["compare"]["rows"]}
@@ -131,7 +125,7 @@ def test_a_figure1_grid_reports_factors_per_setting_and_draws_the_figure(tmp_pat
     assert rows["standardized"]["measured"]["tanh"]["variant"] == "tanh"
     assert (tmp_path / "run" / "plots" / "figure1.png").stat().st_size > 1000
     # the saturation statistics are stored per epoch and shown by report
-    report = subprocess.run([sys.executable, "-m", "testbed", "report", str(tmp_path / "run")], capture_output=True, text=True, env=env, cwd=REPO)
+    report = run_testbed("report", tmp_path / "run")
     assert "saturated units per layer" in report.stdout and "speed-up" in report.stdout
     import sqlite3
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import run_testbed
 from testbed.experiment import build_experiment
 from testbed.model import build_model
 from testbed_builtins.placements import TwoDeviceAlexNet
@@ -132,14 +133,9 @@ model.placement = { name = "two-device", devices = ["cpu", "cpu"] }
 """
 
 
-def run_cli(*args, env=None, timeout=600):
-    full_env = {**os.environ, "TESTBED_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "testbed", *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
-
-
 def test_two_epochs_under_each_placement_end_at_the_same_loss(tmp_path):
     file = write_experiment(tmp_path / "eq.toml", EQUIVALENCE)
-    proc = run_cli("run", str(file), "--out", str(tmp_path / "run"), "--json", "-q")
+    proc = run_testbed("run", str(file), "--out", str(tmp_path / "run"), "--json", "-q")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     losses = {v["name"]: v["metrics"]["train_loss"]["mean"] for v in doc["variants"]}
@@ -160,7 +156,7 @@ model.placement = "one-gpu-half"
 name = "ddp"
 model.placement = "data-parallel"
 """
-    proc = run_cli("show", str(write_experiment(tmp_path / "p.toml", body)), "--json")
+    proc = run_testbed("show", str(write_experiment(tmp_path / "p.toml", body)), "--json")
     assert proc.returncode == 0, proc.stderr
     variants = {v["name"]: v for v in json.loads(proc.stdout)["variants"]}
     assert variants["two-device"]["tower_devices"] == ["cpu", "cpu"]
@@ -175,7 +171,7 @@ DATA_PARALLEL = EQUIVALENCE.replace('placement = "grouped"', 'placement = "data-
 
 
 def test_data_parallel_without_torchrun_says_how_to_launch(tmp_path):
-    proc = run_cli("run", str(write_experiment(tmp_path / "ddp.toml", DATA_PARALLEL)), "--out", str(tmp_path / "run"))
+    proc = run_testbed("run", str(write_experiment(tmp_path / "ddp.toml", DATA_PARALLEL)), "--out", str(tmp_path / "run"))
     assert proc.returncode == 2
     assert "torchrun" in proc.stderr and "--nproc_per_node" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,9 +17,9 @@ from click.testing import CliRunner
 from torch import nn
 
 import testbed
+from conftest import run_testbed, start_testbed
 from testbed.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
 LEARNING = ("top1_error", "top5_error", "train_error", "train_loss", "epochs_to_target")
 
 TINY = """
@@ -52,18 +51,13 @@ def experiment(tmp_path: Path, variants: str = "", epochs: int = 2, seeds: int =
     return path
 
 
-def cli(*args, timeout=600, **popen):
-    env = {**os.environ, "TESTBED_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "2"}
-    return subprocess.run([sys.executable, "-m", "testbed", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO, **popen)
-
-
 def learning_metrics(doc: dict) -> dict:
     return {v["name"]: {m: v["metrics"][m]["values"] for m in LEARNING} for v in doc["variants"]}
 
 
 def test_mean_std_and_delta_come_from_the_stored_seeds(tmp_path):
     file = experiment(tmp_path, '[[variant]]\nname = "no-lrn"\nmodel.normalization = "none"\npaper = { top1 = 1.4, top5 = 1.2 }\n', seeds=2)
-    proc = cli("run", str(file), "--out", str(tmp_path / "run"), "--json", "-q")
+    proc = run_testbed("run", str(file), "--out", str(tmp_path / "run"), "--json", "-q")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     db = sqlite3.connect(tmp_path / "run" / "results.sqlite")
@@ -93,22 +87,22 @@ def test_mean_std_and_delta_come_from_the_stored_seeds(tmp_path):
     assert (run / "plots" / "learning-curves.png").stat().st_size > 1000
     assert (run / "plots" / "conv1-baseline.png").stat().st_size > 1000
     # report prints the same document from the store
-    again = cli("report", str(run), "--json")
+    again = run_testbed("report", str(run), "--json")
     assert again.returncode == 0 and json.loads(again.stdout) == doc
-    table = cli("report", str(run))
+    table = run_testbed("report", str(run))
     assert "no-lrn" in table.stdout and "+1.4/+1.2" in table.stdout
 
 
 def test_same_seed_same_metrics_on_cpu(tmp_path):
     file = experiment(tmp_path, '[[variant]]\nname = "tanh"\nmodel.activation = "tanh"\n')
-    runs = [cli("run", str(file), "--out", str(tmp_path / f"run{i}"), "--json", "-q") for i in (1, 2)]
+    runs = [run_testbed("run", str(file), "--out", str(tmp_path / f"run{i}"), "--json", "-q") for i in (1, 2)]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr
     first, second = (learning_metrics(json.loads(r.stdout)) for r in runs)
     assert first == second
 
 
 def test_a_model_learns_on_synthetic_data(tmp_path):
-    proc = cli("run", str(experiment(tmp_path, epochs=6, train_size=640)), "--out", str(tmp_path / "run"), "--json", "-q")
+    proc = run_testbed("run", str(experiment(tmp_path, epochs=6, train_size=640)), "--out", str(tmp_path / "run"), "--json", "-q")
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(proc.stdout)["variants"][0]["metrics"]
     assert metrics["top1_error"]["mean"] < 0.6  # chance is 0.9
@@ -134,13 +128,11 @@ def completed_epochs(run: Path) -> int:
 
 def test_resume_after_sigkill_gives_the_uninterrupted_metrics(tmp_path):
     file = experiment(tmp_path, epochs=4, train_size=640)
-    reference = cli("run", str(file), "--out", str(tmp_path / "reference"), "--json", "-q")
+    reference = run_testbed("run", str(file), "--out", str(tmp_path / "reference"), "--json", "-q")
     assert reference.returncode == 0, reference.stderr
 
     run = tmp_path / "killed"
-    env = {**os.environ, "TESTBED_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(file), "--out", str(run), "-q"], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_testbed("run", file, "--out", run, "-q", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(lambda: (run / "checkpoints" / "baseline" / "seed-0.pt").exists() and completed_epochs(run) >= 1)
         proc.send_signal(signal.SIGKILL)
@@ -149,24 +141,22 @@ def test_resume_after_sigkill_gives_the_uninterrupted_metrics(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert completed_epochs(run) < 4, "the run finished before it could be killed; make it longer"
-    resumed = cli("resume", str(run), "--json", "-q")
+    resumed = run_testbed("resume", str(run), "--json", "-q")
     assert resumed.returncode == 0, resumed.stderr
     assert learning_metrics(json.loads(resumed.stdout)) == learning_metrics(json.loads(reference.stdout))
 
 
 def test_ctrl_c_stops_at_a_safe_point_and_resume_finishes_identically(tmp_path):
     file = experiment(tmp_path, epochs=3, train_size=960)
-    reference = cli("run", str(file), "--out", str(tmp_path / "reference"), "--json", "-q")
+    reference = run_testbed("run", str(file), "--out", str(tmp_path / "reference"), "--json", "-q")
     run = tmp_path / "interrupted"
-    env = {**os.environ, "TESTBED_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "testbed", "run", str(file), "--out", str(run)], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_testbed("run", file, "--out", run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert wait_for(lambda: completed_epochs(run) >= 1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert f"testbed resume {run}" in err and "Traceback" not in err
-    resumed = cli("resume", str(run), "--json", "-q")
+    resumed = run_testbed("resume", str(run), "--json", "-q")
     assert resumed.returncode == 0, resumed.stderr
     assert learning_metrics(json.loads(resumed.stdout)) == learning_metrics(json.loads(reference.stdout))
 
@@ -174,14 +164,14 @@ def test_ctrl_c_stops_at_a_safe_point_and_resume_finishes_identically(tmp_path):
 def test_a_diverging_variant_is_isolated(tmp_path):
     file = experiment(tmp_path, '[[variant]]\nname = "huge-lr"\ntrain.optimizer.lr = 1e6\n'
                                 '[[variant]]\nname = "tanh"\nmodel.activation = "tanh"\n')
-    proc = cli("run", str(file), "--out", str(tmp_path / "run"), "--json", "-q")
+    proc = run_testbed("run", str(file), "--out", str(tmp_path / "run"), "--json", "-q")
     assert proc.returncode == 1
     doc = json.loads(proc.stdout)
     status = {v["name"]: v["status"] for v in doc["variants"]}
     assert status == {"baseline": "ok", "huge-lr": "diverged", "tanh": "ok"}
     problem = next(v for v in doc["variants"] if v["name"] == "huge-lr")["problems"][0]
     assert problem["epoch"] >= 1 and problem["step"] >= 1 and "loss became" in problem["message"]
-    table = cli("report", str(tmp_path / "run"))
+    table = run_testbed("report", str(tmp_path / "run"))
     assert "diverged" in table.stdout
 
 
@@ -225,7 +215,7 @@ class Payload:
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     file = experiment(tmp_path, epochs=1)
     run = tmp_path / "run"
-    proc = cli("run", str(file), "--out", str(run), "-q")
+    proc = run_testbed("run", str(file), "--out", str(run), "-q")
     assert proc.returncode == 0, proc.stderr
     # make the job look unfinished and plant a malicious pickle where its checkpoint is
     db = sqlite3.connect(run / "results.sqlite")
@@ -234,7 +224,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "code-ran"
     ckpt = run / "checkpoints" / "baseline" / "seed-0.pt"
     torch.save({"format": "testbed-checkpoint", "evil": Payload(marker)}, ckpt)
-    resumed = cli("resume", str(run))
+    resumed = run_testbed("resume", str(run))
     assert resumed.returncode == 2
     assert "refused" in resumed.stderr and str(ckpt) in resumed.stderr
     assert "Traceback" not in resumed.stderr
@@ -244,8 +234,8 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 def test_resume_skips_finished_jobs(tmp_path):
     file = experiment(tmp_path, epochs=1)
     run = tmp_path / "run"
-    first = cli("run", str(file), "--out", str(run), "--json", "-q")
-    again = cli("resume", str(run), "--json", "-q")
+    first = run_testbed("run", str(file), "--out", str(run), "--json", "-q")
+    again = run_testbed("resume", str(run), "--json", "-q")
     assert again.returncode == 0
     assert learning_metrics(json.loads(again.stdout)) == learning_metrics(json.loads(first.stdout))
     db = sqlite3.connect(run / "results.sqlite")
