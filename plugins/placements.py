@@ -163,7 +163,7 @@ class TwoDevice(Placement):
     def resolved_devices(self, device: torch.device) -> list[str]:
         if self.devices:
             return list(self.devices)
-        if torch.cuda.device_count() >= 2:
+        if device.type == "cuda" and torch.cuda.device_count() >= 2:
             return ["cuda:0", "cuda:1"]
         return [str(device), str(device)]
 

@@ -48,9 +48,6 @@ class DataStats:
     rgb_eigenvalues: torch.Tensor  # [3], of the RGB covariance of pixels scaled to [0, 1]
     rgb_eigenvectors: torch.Tensor  # [3, 3], columns are eigenvectors
 
-    def to(self, device) -> "DataStats":
-        return DataStats(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
-
 
 def compute_stats(batches) -> DataStats:
     """One pass over uint8 batches [B, 3, H, W]: per-pixel mean, channel moments, RGB covariance."""
@@ -187,7 +184,9 @@ def _loader(dataset, batch_size, shuffle, workers, generator, drop_last=False):
         shuffle=shuffle,
         num_workers=workers,
         collate_fn=_collate_dropping_unreadable,
-        generator=generator,
+        # its own generator: otherwise each iterator draws a seed from the global RNG, which would
+        # shift the dropout stream of a run resumed mid-epoch
+        generator=generator if generator is not None else torch.Generator(),
         drop_last=drop_last,
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
@@ -325,9 +324,10 @@ def _mix(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
 
 
-def augmentation_generator(device, seed: int, epoch: int) -> torch.Generator:
+def augmentation_generator(device, seed: int, epoch: int, rank: int = 0) -> torch.Generator:
+    """The augmentations' random stream for one epoch; each DDP rank draws its own."""
     gen = torch.Generator(device=device)
-    gen.manual_seed(_mix(seed, epoch) ^ 0x5EED)
+    gen.manual_seed((_mix(seed, epoch) ^ 0x5EED) + rank * 0x9E3779B1)
     return gen
 
 

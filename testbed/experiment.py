@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.errors import BadInput, choices_text, did_you_mean
+from testbed.model import SKIPPABLE
 from testbed.registry import Registry, component_spec
 
 MAX_INT = 10**9
@@ -61,7 +62,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "dropout": Key(0.5, "float", 0.0, 0.99, help="dropout probability in fc6 and fc7 (0: off)"),
         "init": Key("paper", "component", component="init"),
         "placement": Key("grouped", "component", component="placement"),
-        "skip": Key([], "skip", choices=("conv3", "conv4", "conv5"), help="conv layers removed (depth ablation)"),
+        "skip": Key([], "skip", choices=SKIPPABLE, help="conv layers removed (depth ablation)"),
     },
     "augment": {
         "train": Key(["random-crop", "hflip", "pca-lighting"], "components", component="augmentation", help="train augmentations, applied in order"),

@@ -20,7 +20,6 @@ DELTA_METRICS = ("top1_error", "top5_error", "train_error")
 FINISHED = ("ok", "diverged")  # resume skips these; failed and interrupted jobs run again
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     variant TEXT NOT NULL, seed INTEGER NOT NULL, position INTEGER NOT NULL,
     status TEXT NOT NULL,            -- pending, running, ok, diverged, failed, interrupted
@@ -66,14 +65,6 @@ class Store:
         self.db.close()
 
     # -- writing ------------------------------------------------------------------------
-
-    def set_meta(self, key: str, value) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
-        self.db.commit()
-
-    def meta(self, key: str, default=None):
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return json.loads(row["value"]) if row else default
 
     def experiment(self) -> Experiment:
         doc = json.loads((self.path.parent / EXPERIMENT_NAME).read_text())
@@ -258,9 +249,10 @@ def _factor(other: dict, reference: dict, measure: str) -> dict:
     value = mean(other[f"{measure}_bound"]) / mean(reference[f"{measure}_bound"])
     if other_done and reference_done:
         return {"value": value, "bound": None, "text": f"{value:.1f}x"}
+    # a bound is rounded away from what was not measured: down for a lower bound, up for an upper
     if not other_done:
-        return {"value": value, "bound": "lower", "text": f">= {value:.1f}x"}
-    return {"value": value, "bound": "upper", "text": f"<= {value:.1f}x"}
+        return {"value": value, "bound": "lower", "text": f">= {math.floor(value * 10) / 10:.1f}x"}
+    return {"value": value, "bound": "upper", "text": f"<= {math.ceil(value * 10) / 10:.1f}x"}
 
 
 def speedups(experiment: Experiment, jobs: list[dict]) -> dict:

@@ -23,7 +23,7 @@ from testbed.data import load_dataset
 from testbed.errors import BadInput
 from testbed.experiment import Experiment, Variant
 from testbed.results import EXPERIMENT_NAME, FINISHED, Store, summarize
-from testbed.train import Diverged, Dist, Interrupted, JobContext, StopFlag, check_job, run_job
+from testbed.train import Diverged, Dist, Interrupted, JobContext, StopFlag, check_job, component_records, load_checkpoint, run_job
 
 RUN_MARKER = "run.json"
 
@@ -52,8 +52,9 @@ def resolve_device(name: str, dist: Dist) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise BadInput(f"--device {name}: no CUDA device is available here; use --device cpu")
-        if dist.active:
+        if dist.active:  # one GPU per process, and it must be the current one for NCCL's collectives
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     return device
 
@@ -71,14 +72,27 @@ def select(experiment: Experiment, only: list[str], seeds: int | None) -> Experi
     return dataclasses.replace(experiment, variants=tuple(variants))
 
 
+def placements(experiment: Experiment, registry) -> dict:
+    """variant name -> its Placement object."""
+    return {v.name: registry.create("placement", v.config["model"]["placement"], key="model.placement") for v in experiment.variants}
+
+
 def distributed_from_env(experiment: Experiment, registry) -> Dist:
-    """torchrun sets WORLD_SIZE/RANK; data-parallel variants need them."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    needs = [v.name for v in experiment.variants if registry.create("placement", v.config["model"]["placement"], key="model.placement").distributed]
-    if needs and "RANK" not in os.environ:
+    """torchrun sets WORLD_SIZE/RANK. Data-parallel variants need them; and under torchrun every
+    variant must be data-parallel, since every process runs every job in step with the others."""
+    placed = placements(experiment, registry)
+    distributed = [name for name, p in placed.items() if p.distributed]
+    if distributed and "RANK" not in os.environ:
         raise BadInput(
-            f"{experiment.path}: variant '{needs[0]}' uses placement 'data-parallel', which runs one process per device: "
+            f"{experiment.path}: variant '{distributed[0]}' uses placement 'data-parallel', which runs one process per device: "
             f"launch it with torchrun, e.g. `torchrun --standalone --nproc_per_node=2 -m testbed run {experiment.path}`"
+        )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    others = [name for name, p in placed.items() if not p.distributed]
+    if world > 1 and others:
+        raise BadInput(
+            f"{experiment.path}: variant '{others[0]}' is not data-parallel, but this is a torchrun launch of {world} processes; "
+            f"run it without torchrun, or leave it out with --only, or give it model.placement = \"data-parallel\""
         )
     return Dist(int(os.environ.get("RANK", "0")), world)
 
@@ -86,13 +100,10 @@ def distributed_from_env(experiment: Experiment, registry) -> Dist:
 def init_process_group(experiment: Experiment, registry, dist: Dist, device: torch.device) -> None:
     if not dist.active or torch.distributed.is_initialized():
         return
-    backends = {
-        registry.create("placement", v.config["model"]["placement"], key="model.placement").process_group_backend(device)
-        for v in experiment.variants
-        if registry.create("placement", v.config["model"]["placement"], key="model.placement").distributed
-    }
+    backends = {p.process_group_backend(device) for p in placements(experiment, registry).values()}
     backend = backends.pop() if len(backends) == 1 else ("nccl" if device.type == "cuda" else "gloo")
-    torch.distributed.init_process_group(backend, timeout=datetime.timedelta(hours=2))
+    options = {"device_id": device} if device.type == "cuda" else {}
+    torch.distributed.init_process_group(backend, timeout=datetime.timedelta(hours=2), **options)
 
 
 def validate(experiment: Experiment, registry) -> None:
@@ -115,6 +126,13 @@ def default_run_dir(experiment: Experiment) -> Path:
 
 
 def prepare_run_dir(run_dir: Path, experiment: Experiment, force: bool) -> None:
+    try:
+        _prepare_run_dir(run_dir, experiment, force)
+    except OSError as exc:  # a file in the way, no permission, a full disk
+        raise BadInput(f"--out {run_dir}: cannot write the run directory ({exc.strerror or exc})") from None
+
+
+def _prepare_run_dir(run_dir: Path, experiment: Experiment, force: bool) -> None:
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         if not run_dir.is_dir():
             raise BadInput(f"--out {run_dir}: exists and is not a folder")
@@ -250,21 +268,18 @@ def execute(experiment: Experiment, run_dir: Path, registry, options: RunOptions
     try:
         with display:
             for v, seed in jobs:
-                placement = registry.create("placement", v.config["model"]["placement"], key="model.placement")
-                if dist.active and not placement.distributed and not rank0:
-                    continue  # single-process variants run on rank 0 only
                 status = store.job_status(v.name, seed) if rank0 else None
-                if dist.active:
-                    status = _broadcast(status, dist)
+                stop = signals.stop.requested
+                if dist.active:  # rank 0 decides for every process, so all run the same jobs
+                    status, stop = _broadcast((status, stop), dist)
                 if status in FINISHED:
                     display.progress.advance(display.jobs)
                     continue
-                if signals.stop.requested:
+                if stop:
                     interrupted = True
                     break
                 try:
-                    run_one(v, seed, registry, device, run_dir, store, display, signals.stop,
-                            dist if placement.distributed else Dist())
+                    run_one(v, seed, registry, device, run_dir, store, display, signals.stop, dist)
                 except Interrupted:
                     interrupted = True
                     break
@@ -293,14 +308,13 @@ def run_one(v: Variant, seed: int, registry, device, run_dir: Path, store, displ
     rank0 = store is not None
     ckpt = checkpoint_path(run_dir, v.name, seed)
     done = 0
-    if rank0 and ckpt.exists():
-        from testbed.train import load_checkpoint
-
-        state = load_checkpoint(ckpt)
-        store.sync_history(v.name, seed, state["history"])
-        done = state["epoch"]
     if rank0:
-        store.start_job(v.name, seed, {}, environment(device, dist))
+        # The store's epoch rows follow the checkpoint (they may be ahead of it after a crash,
+        # or belong to a deleted one).
+        history = load_checkpoint(ckpt)["history"] if ckpt.exists() else []
+        store.sync_history(v.name, seed, history)
+        done = len(history)
+        store.start_job(v.name, seed, component_records(v.config, registry), environment(device, dist))
 
     def on_epoch(record):
         if rank0:
@@ -341,7 +355,6 @@ def run_one(v: Variant, seed: int, registry, device, run_dir: Path, store, displ
                 traceback.print_exc()
         return
     if rank0:
-        store.start_job(v.name, seed, result["components"], environment(device, dist))
         store.finish_job(v.name, seed, "ok", metrics=result["metrics"], epoch=len(result["history"]))
         display.finish_job(v.name, seed, "ok")
         if seed == v.config["train"]["seeds"][0]:
@@ -374,7 +387,6 @@ def redraw_plots(run_dir: Path, registry, console: Console) -> list[Path]:
     from testbed.describe import data_shape
     from testbed.model import build_model
     from testbed.plots import conv1_kernels
-    from testbed.train import load_checkpoint
 
     store = Store.open_run(run_dir)
     try:
@@ -392,7 +404,7 @@ def redraw_plots(run_dir: Path, registry, console: Console) -> list[Path]:
             size, classes = data_shape(v.config["data"], registry)
             built = build_model(v.config["model"], classes, size, registry, "cpu")
             built.module.load_state_dict(state["model"])
-        except (BadInput, RuntimeError) as exc:  # e.g. towers on GPUs this machine does not have
+        except Exception as exc:  # e.g. towers on GPUs this machine does not have: skip that picture
             console.print(f"[yellow]conv1 plot for {v.name} skipped: {exc}[/yellow]")
             continue
         path = run_dir / "plots" / f"conv1-{v.name}.png"

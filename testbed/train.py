@@ -161,7 +161,9 @@ def check_job(variant: Variant, data, registry) -> None:
     cfg = variant.config
     with torch.device("meta"):
         built = build_model(cfg["model"], len(data.class_names), data.image_size, registry, device=None)
-    build_pipeline(variant, data, built, registry, "cpu")
+    pipeline = build_pipeline(variant, data, built, registry, "cpu")
+    if pipeline.train_size < cfg["train"]["batch_size"]:
+        raise BadInput(f"train.batch_size = {cfg['train']['batch_size']}: larger than the {pipeline.train_size} training images")
     optimizer = registry.create("optimizer", cfg["train"]["optimizer"], built.module.parameters(), key="train.optimizer")
     registry.create("schedule", cfg["train"]["schedule"], optimizer, cfg["train"]["epochs"], key="train.schedule")
 
@@ -271,8 +273,9 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # a machine with fewer GPUs restores what it has
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
     if "numpy" in state:
         import numpy
 
@@ -348,6 +351,8 @@ def run_job(ctx: JobContext) -> dict:
     data = ctx.data
     built = build_for_training(cfg, data, ctx.registry, device)
     model = built.module
+    if ctx.dist.active:  # same weights everywhere (DDP copies rank 0's), but each rank its own dropout masks
+        torch.manual_seed(ctx.seed * 1_000_003 + ctx.dist.rank)
     input_device = built.placement.input_device(device)
     pipeline = build_pipeline(ctx.variant, data, built, ctx.registry, input_device)
     parameters = parameter_count(model)
@@ -358,8 +363,6 @@ def run_job(ctx: JobContext) -> dict:
     batch_size = train_cfg["batch_size"]
     if batch_size % ctx.dist.world:
         raise BadInput(f"train.batch_size = {batch_size}: must divide evenly over {ctx.dist.world} processes")
-    if pipeline.train_size < batch_size:
-        raise BadInput(f"train.batch_size = {batch_size}: larger than the {pipeline.train_size} training images")
 
     history: list[dict] = []
     start_epoch, start_step = 1, 0
@@ -380,7 +383,7 @@ def run_job(ctx: JobContext) -> dict:
         set_rng_state(state["rng"])
         if start_step:
             partial = dict(state["partial"])
-            generator = augmentation_generator(input_device, ctx.seed, start_epoch)
+            generator = augmentation_generator(input_device, ctx.seed, start_epoch, ctx.dist.rank)
             generator.set_state(state["aug_generator"])
 
     train_model = built.placement.wrap_for_training(model, device)
@@ -416,7 +419,7 @@ def run_job(ctx: JobContext) -> dict:
 
     for epoch in range(start_epoch, train_cfg["epochs"] + 1):
         if generator is None:
-            generator = augmentation_generator(input_device, ctx.seed, epoch)
+            generator = augmentation_generator(input_device, ctx.seed, epoch, ctx.dist.rank)
         train_model.train()
         # Resumed mid-epoch: carry on from the sums at the interruption, so the additions happen
         # in the same order as in an uninterrupted run and the epoch's numbers come out identical.
@@ -433,7 +436,8 @@ def run_job(ctx: JobContext) -> dict:
             seen += len(y)
             if step % ctx.sync_every == 0 or step == steps:
                 current = float(loss.detach())
-                if not math.isfinite(current):
+                # every rank stops together, or the others would wait in the next all-reduce
+                if ctx.dist.sum([0.0 if math.isfinite(current) else 1.0], input_device)[0] > 0:
                     raise Diverged(epoch, step, current)
                 ctx.on_progress(Progress(epoch, train_cfg["epochs"], step, steps, current, float(wrong) / max(seen, 1)))
             # Stop mid-epoch at the user's request (at the last step, finish the epoch first). Under DDP
@@ -451,7 +455,9 @@ def run_job(ctx: JobContext) -> dict:
         train_error = totals[1] / max(totals[2], 1)
         reached = train_cfg["stop_at_target"] and train_error <= train_cfg["target_train_error"]
         final = epoch == train_cfg["epochs"] or reached
-        top1, top5, saturation = evaluate(train_model, pipeline, train_cfg["eval_batch_size"], precision, ctx.dist, final, probe=True)
+        # The plain module, not the DDP or compiled wrapper: DDP would sync buffers on every forward
+        # (ranks can have unequal test batches) and compiled graphs ignore the probe's hooks.
+        top1, top5, saturation = evaluate(model, pipeline, train_cfg["eval_batch_size"], precision, ctx.dist, final, probe=True)
         record = {
             "epoch": epoch,
             "train_loss": totals[0] / max(totals[2], 1),
@@ -478,4 +484,4 @@ def run_job(ctx: JobContext) -> dict:
             break
         if ctx.dist.sum([float(ctx.stop.requested)], input_device)[0] > 0:
             raise Interrupted()
-    return {"metrics": final_metrics(history, train_cfg["target_train_error"], parameters), "history": history, "components": component_records(cfg, ctx.registry), "model": model}
+    return {"metrics": final_metrics(history, train_cfg["target_train_error"], parameters), "history": history, "model": model}

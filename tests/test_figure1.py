@@ -37,7 +37,7 @@ def test_a_run_that_never_reached_the_target_gives_a_lower_bound():
     tanh = _time_to_target("tanh", runs(None, 8, ran=10))  # seed 0 never got there in 10 epochs
     assert tanh["reached"] == 1 and tanh["epochs_bound"] == [11, 8]
     f = _factor(tanh, relu, "epochs")
-    assert f["bound"] == "lower" and f["text"] == ">= 4.8x"  # (11 + 8) / 2 / 2
+    assert f["bound"] == "lower" and f["text"] == ">= 4.7x"  # (11 + 8) / 2 / 2 = 4.75, rounded down: a bound
     seconds = _factor(tanh, relu, "seconds")
     assert seconds["bound"] == "lower" and seconds["value"] == (100 + 80) / 2 / 20
 
@@ -47,6 +47,8 @@ def test_a_reference_that_never_got_there_gives_an_upper_bound_and_neither_gives
     tanh = _time_to_target("tanh", runs(2, ran=4))
     f = _factor(tanh, slow_relu, "epochs")
     assert f["bound"] == "upper" and f["text"] == "<= 0.4x"  # 2 / 5
+    upper = _factor(_time_to_target("tanh", runs(3, ran=6)), _time_to_target("relu", runs(None, ran=6)), "epochs")
+    assert upper["text"] == "<= 0.5x"  # 3 / 7 = 0.43, rounded up: a bound
     never = _factor(_time_to_target("tanh", runs(None, ran=4)), slow_relu, "epochs")
     assert never["value"] is None and "neither" in never["text"]
 

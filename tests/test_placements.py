@@ -177,6 +177,14 @@ def test_data_parallel_without_torchrun_says_how_to_launch(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_torchrun_launch_refuses_variants_that_are_not_data_parallel(tmp_path):
+    body = DATA_PARALLEL + '[[variant]]\nname = "grouped"\nmodel.placement = "grouped"\n'
+    proc = run_testbed("run", write_experiment(tmp_path / "mixed.toml", body), "--out", tmp_path / "run",
+                       env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"})
+    assert proc.returncode == 2
+    assert "'grouped' is not data-parallel" in proc.stderr and "Traceback" not in proc.stderr
+
+
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(), reason="torchrun not installed")
 def test_data_parallel_under_torchrun_prints_one_json_document(tmp_path):
     file = write_experiment(tmp_path / "ddp.toml", DATA_PARALLEL)
