@@ -338,8 +338,10 @@ def run_one(v: Variant, seed: int, registry, device, run_dir: Path, store, displ
             store.finish_job(v.name, seed, "diverged", message=str(exc), epoch=exc.epoch, step=exc.step)
             display.finish_job(v.name, seed, "diverged", str(exc))
         return
-    except KeyboardInterrupt:
-        raise
+    except KeyboardInterrupt:  # a second Ctrl-C: no safe point, the last epoch-end checkpoint stands
+        if rank0:
+            store.finish_job(v.name, seed, "interrupted", message="aborted; resume restarts it from its last checkpoint")
+        raise Interrupted() from None
     except BadInput as exc:
         if rank0:
             store.finish_job(v.name, seed, "failed", message=str(exc), plugin=getattr(exc, "plugin", None) or plugins.blame(exc))
