@@ -19,7 +19,7 @@ from testbed.data import AugmentContext, DataRequest, DataStats, InMemoryData, l
 from testbed.errors import BadInput, ComponentError
 from testbed.experiment import build_experiment, load_experiment
 from testbed.model import build_model
-from testbed.train import build_pipeline
+from testbed.train import build_pipeline, component_records
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiment.toml"
 PLUGIN = "testbed-example"  # the entry point's name in pyproject.toml
@@ -229,7 +229,7 @@ def test_gratings_defaults_and_declared_shape():
 def test_every_variant_of_the_example_experiment_trains_a_step(registry):
     """Build each variant exactly as `testbed run` does and push one batch forward and backward."""
     experiment = load_experiment(EXPERIMENT, registry)
-    used = set()
+    used, recorded = set(), set()
     for variant in experiment.variants:
         cfg = variant.config
         for slot in ("activation", "normalization"):
@@ -239,9 +239,12 @@ def test_every_variant_of_the_example_experiment_trains_a_step(registry):
         data = load_dataset(cfg["data"], registry)
         torch.manual_seed(0)
         built = build_model(cfg["model"], len(data.class_names), data.image_size, registry, "cpu")
-        for slot, info in built.components.items():  # what the results store records per job
-            if info["name"] in {"swish", "mish", "groupnorm"}:
-                assert (info["plugin"], slot) == (PLUGIN, registry.get(slot, info["name"]).kind)
+        records = component_records(cfg, registry)  # what the results store records per job
+        flat = [records[k] for k in records if k != "augment.train"] + records["augment.train"]
+        for info in flat:
+            if info["name"] in {"swish", "mish", "groupnorm", "cutout", "gratings"}:
+                assert info["plugin"] == PLUGIN, info
+                recorded.add(info["name"])
         pipeline = build_pipeline(variant, data, built, registry, "cpu")
         inputs, labels = next(pipeline.train_batches(1, 0, 32, torch.Generator().manual_seed(0)))
         model = built.module.train()
@@ -252,3 +255,4 @@ def test_every_variant_of_the_example_experiment_trains_a_step(registry):
         assert all(g is not None and torch.isfinite(g).all() for g in grads), variant.name
         assert model.features.conv1.weight.grad.abs().sum() > 0, variant.name
     assert {"swish", "mish", "groupnorm", "cutout", "gratings"} <= used
+    assert recorded == {"swish", "mish", "groupnorm", "cutout", "gratings"}
