@@ -29,14 +29,15 @@ from testbed import hookimpl
 def window_sum(x: torch.Tensor, half: int, towers: int = 1) -> torch.Tensor:
     """sum_{j=i-half}^{i+half} x[:, j] along dim 1, clipped at the ends (the LRN window) and, with
     ``towers`` > 1, at the towers' boundaries: each tower's channels are summed on their own.
-    Shifted slices along dim 1 are views in either memory format, so nothing is copied."""
+    Shifted slices along dim 1 are views in either memory format, so nothing is copied (add_ on
+    the view: ``view[...] += y`` would also copy the view back onto itself)."""
     out = x.clone()
     per = x.shape[1] // towers
     for start in range(0, x.shape[1], per):
         block, src = out[:, start : start + per], x[:, start : start + per]
         for d in range(1, min(half, per - 1) + 1):
-            block[:, d:] += src[:, :-d]
-            block[:, :-d] += src[:, d:]
+            block[:, d:].add_(src[:, :-d])
+            block[:, :-d].add_(src[:, d:])
     return out
 
 
