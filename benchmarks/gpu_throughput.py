@@ -86,6 +86,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.exit(2, "gpu_throughput.py: no CUDA device here; `--device cpu --batch 8 --steps 2 --no-compile` is a dry run\n")
         torch.backends.cudnn.benchmark = True
     rows = []
     for precision, fmt, compiled in itertools.product(args.precisions.split(","), ("contiguous", "channels-last"), (False, True)):

@@ -226,9 +226,10 @@ def plugins_command(as_json):
     """Every registered component by kind, with the plugin that registered it and its parameters."""
     from testbed.registry import KINDS
 
-    registry = _registry()
+    registry = plugins.registry()  # load errors: on stderr with --json, in red under the tables otherwise
     doc = {kind: [registry.components[kind][n].as_dict() for n in registry.names(kind)] for kind in KINDS}
     if as_json:
+        plugins.warn_load_errors()
         emit_json(doc)
         return
     console = Console()
@@ -256,7 +257,8 @@ def plugins_command(as_json):
 @guarded
 def bench(file, sets, only, device, steps, as_json):
     """Throughput of each variant's training step and of its data pipeline, FLOPs per image,
-    and utilisation against this machine's measured peak (a large matmul, same threads)."""
+    and utilisation against this machine's measured peak (the best of a large matmul and a large
+    3x3 convolution, same threads)."""
     from testbed import runner
     from testbed.bench import bench_experiment, render_bench
 

@@ -132,6 +132,8 @@ def params_of(factory: Callable) -> tuple[Param, ...]:
             continue
         if parameter.default is inspect.Parameter.empty:
             raise TypeError(f"{factory!r}: keyword-only parameter {parameter.name!r} needs a default")
+        if parameter.name == "name":  # a component table's `name` selects the component itself
+            raise TypeError(f"{factory!r}: a parameter cannot be called 'name' (it selects the component in an experiment file); rename it")
         out.append(_param_from(parameter, hints.get(parameter.name, inspect.Parameter.empty)))
     return tuple(out)
 

@@ -80,6 +80,16 @@ def test_keyword_only_parameter_needs_a_default():
         params_of(bad)
 
 
+def test_a_parameter_called_name_is_refused():
+    """`name` in a component table selects the component; a parameter of that name would shadow it."""
+
+    def shadowing(*, name: str = "x"):
+        return name
+
+    with pytest.raises(TypeError, match="cannot be called 'name'"):
+        params_of(shadowing)
+
+
 def test_unknown_kind_and_nameless_component_are_refused():
     r = Registry()
     with pytest.raises(ValueError, match="unknown component kind 'activations'"):
