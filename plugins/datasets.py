@@ -111,11 +111,15 @@ def decode_folder_split(split_dir: Path, class_names: list[str]) -> tuple[torch.
     images, labels = [], []
     for label, name in enumerate(class_names):
         folder = split_dir / name
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        try:
+            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        except OSError as exc:  # missing or unreadable class folder
+            raise BadInput(f"{folder}: cannot list the class folder ({exc.strerror or exc}); {split_dir} needs one folder per class: "
+                           f"{', '.join(class_names)}") from None
         for path in files:
             try:
                 images.append(decode_image(read_file(str(path)), mode=ImageReadMode.RGB))
-            except RuntimeError as exc:
+            except (RuntimeError, OSError) as exc:
                 raise BadInput(f"{path}: not a readable image ({exc}); remove or replace it") from None
             labels.append(label)
     if not images:

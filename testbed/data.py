@@ -237,9 +237,13 @@ class TestViews:
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre size x size patch; images smaller than that are zero-padded around (after
+    preprocessing zero is the mean colour), as a random crop with padding would see them."""
     h, w = x.shape[-2:]
     if h < size or w < size:
-        raise BadInput(f"images of {h}x{w} px are smaller than the model's {size} px input")
+        dh, dw = max(0, size - h), max(0, size - w)
+        x = F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+        h, w = x.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
     return x[..., top : top + size, left : left + size]
 

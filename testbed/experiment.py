@@ -406,5 +406,5 @@ def _fmt(x) -> str:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)  # TOML dates: as written
     return text if len(text) <= 60 else text[:57] + "..."

@@ -103,7 +103,7 @@ def render(doc: dict, console: Console) -> None:
     for v in doc["variants"]:
         m = v["metrics"]
         d = v["delta_vs_baseline"]
-        seeds.add(len(v["seeds"]))
+        seeds.add(len(m["top1_error"]["values"]))  # the seeds that finished, which the means are over
         if v["paper"].get("claim"):
             notes.append(f"{v['name']}: the paper: {v['paper']['claim']}")
         table.add_row(
@@ -127,8 +127,8 @@ def render(doc: dict, console: Console) -> None:
         console.print("[dim]One seed per variant: no spread was measured, so no Δ can be told apart from noise.[/dim]")
     else:
         console.print(
-            f"[dim]Errors: mean ± standard deviation over {n} seeds. Δ = variant − baseline in percentage points; "
-            f"(noise): smaller than twice its standard error. Paper Δ: top-1/top-5 on ImageNet. "
+            f"[dim]Errors: mean ± standard deviation over {n if len(seeds) == 1 else 'the finished'} seeds. Δ = variant − baseline in percentage points; "
+            f"(noise): no larger than twice its standard error. Paper Δ: top-1/top-5 on ImageNet. "
             f"ep→tgt, s→tgt: epochs and training seconds to the target training error.[/dim]"
         )
     for note in notes:

@@ -57,7 +57,7 @@ class Store:
         try:
             store = cls(path)
             store.experiment()
-        except (sqlite3.DatabaseError, json.JSONDecodeError, KeyError) as exc:
+        except (sqlite3.DatabaseError, ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON of the wrong shape too
             raise BadInput(f"{path}: damaged results store ({exc})") from None
         return store
 
@@ -151,14 +151,15 @@ def spread(values: list) -> dict:
 
 
 def delta(variant: dict, baseline: dict) -> dict:
-    """variant minus baseline; se = sqrt(s_v^2/n_v + s_b^2/n_b); within noise when |delta| < 2 se."""
+    """variant minus baseline; se = sqrt(s_v^2/n_v + s_b^2/n_b); within noise when |delta| <= 2 se
+    (so a difference of exactly zero between seeds that all agree counts as no effect)."""
     if variant["mean"] is None or baseline["mean"] is None:
         return {"delta": None, "se": None, "within_noise": None}
     d = variant["mean"] - baseline["mean"]
     if variant["std"] is None or baseline["std"] is None:
         return {"delta": d, "se": None, "within_noise": None}
     se = math.sqrt(variant["std"] ** 2 / len(variant["values"]) + baseline["std"] ** 2 / len(baseline["values"]))
-    return {"delta": d, "se": se, "within_noise": abs(d) < 2 * se}
+    return {"delta": d, "se": se, "within_noise": abs(d) <= 2 * se}
 
 
 def summarize(store: Store, run_dir: Path) -> dict:

@@ -86,6 +86,18 @@ def _damaged_run(tmp: Path) -> Path:
     return run
 
 
+def _run_with_wrong_experiment(tmp: Path) -> Path:
+    """A sound store beside an experiment.json that is JSON, but not an experiment."""
+    import sqlite3
+
+    run = tmp / "damaged"
+    run.mkdir()
+    sqlite3.connect(run / "results.sqlite").close()
+    (run / "experiment.json").write_text("[]")
+    (run / "run.json").write_text("{}")
+    return run
+
+
 DEEP = "x = " + "[" * 5000 + "]" * 5000
 NO_CUDA = "this machine has CUDA" if torch.cuda.is_available() else None
 
@@ -148,6 +160,7 @@ CASES = {
     "report: folder not a run": Case("report", setup=_not_a_run, needles=("{tmp}/notes", "not a testbed run")),
     "report: no such folder": Case("report", setup=lambda tmp: tmp / "nowhere", needles=("{tmp}/nowhere", "no such run directory")),
     "report: damaged run": Case("report", setup=_damaged_run, needles=("{tmp}/damaged", "damaged results store")),
+    "report: experiment.json of the wrong shape": Case("report", setup=_run_with_wrong_experiment, needles=("{tmp}/damaged", "damaged results store")),
 }
 
 # Run as real subprocesses too: the closest thing to a user at a terminal.

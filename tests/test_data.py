@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from testbed.data import AugmentContext, DataRequest, InMemoryData, balanced_subset, compute_stats, load_dataset
+from testbed.data import AugmentContext, DataRequest, InMemoryData, balanced_subset, center_crop, compute_stats, load_dataset
 from testbed.errors import BadInput
 from testbed.experiment import build_experiment
 from testbed_builtins.augmentations import TenCrop, crop_batch, hflip, pca_lighting, random_crop, ten_crop
 from testbed_builtins.datasets import synthetic
 from testbed_builtins.preprocess import Raw, Standardize, SubtractMean
 
-from conftest import needs_cifar
+from conftest import needs_cifar, run_testbed
 
 
 def request(**kw):
@@ -121,6 +121,47 @@ def test_ten_crop_with_padding_at_32px():
     views = TenCrop(context(stats), padding=4)(torch.ones(1, 3, 32, 32))
     assert views.shape == (10, 1, 3, 32, 32)
     assert views[0, 0, 0, 0, 0] == 0 and views[4].min() == 1  # a corner view sees padding, the centre none
+
+
+def test_center_crop_pads_images_smaller_than_the_input():
+    x = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).view(2, 3, 5, 6) + 1
+    out = center_crop(x, 8)
+    assert out.shape == (2, 3, 8, 8)
+    assert torch.equal(out[..., 1:6, 1:7], x)  # 3 rows of padding: 1 above, 2 below; 2 columns: 1 each side
+    assert out.sum() == x.sum()
+    assert torch.equal(center_crop(x, 4), x[..., :4, 1:5])
+
+
+def test_images_smaller_than_the_input_train_and_evaluate(tmp_path):
+    """28 px images into the 32 px net: no crop in training, centre views at test time (each
+    epoch) and ten padded crops at the end, all on padded images instead of failing a job."""
+    file = tmp_path / "small.toml"
+    file.write_text(
+        '[data]\ndataset = "synthetic"\nimage_size = 28\ntrain_size = 64\ntest_size = 20\n'
+        '[model]\ngeometry = "cifar"\nwidth = 0.125\n'
+        '[augment]\ntrain = []\ntest = "center"\n'
+        '[train]\nepochs = 2\nbatch_size = 32\nseeds = 1\n'
+        '[[variant]]\nname = "ten-crop"\naugment.test = { name = "ten-crop", padding = 4 }\n'
+    )
+    proc = run_testbed("run", str(file), "--out", str(tmp_path / "run"), "--json", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert '"status": "ok"' in proc.stdout
+
+
+def test_a_cifar_folder_missing_a_test_class_is_refused_before_training(tmp_path):
+    from PIL import Image
+
+    from testbed_builtins.datasets import CIFAR10_CLASSES
+
+    for split, classes in (("train", CIFAR10_CLASSES), ("test", CIFAR10_CLASSES[:-1])):
+        for name in classes:
+            (tmp_path / "cifar" / split / name).mkdir(parents=True)
+            Image.new("RGB", (32, 32)).save(tmp_path / "cifar" / split / name / "0.png")
+    file = tmp_path / "e.toml"
+    file.write_text(f'[data]\ndataset = "cifar10"\nroot = "{tmp_path / "cifar"}"\n')
+    proc = run_testbed("run", str(file), "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2, proc.stderr
+    assert "test/truck: cannot list the class folder" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_random_crop_cuts_windows_of_the_padded_image():

@@ -316,6 +316,8 @@ BAD = {
     "int given a float": ("[train]\nepochs = 1.5", ["train.epochs = 1.5", "expected an integer"]),
     "int given a bool": ("[train]\nepochs = true", ["train.epochs = true", "expected an integer"]),
     "float given a string": ("[model]\nwidth = 'wide'", ["model.width = 'wide'", "expected a number"]),
+    "float given a TOML date": ("[model]\nwidth = 1979-05-27", ['model.width = "1979-05-27"', "expected a number"]),
+    "seeds given a TOML time": ("[train]\nseeds = [07:32:00]", ['train.seeds = ["07:32:00"]', "expected a seed count"]),
     "float nan": ("[model]\nwidth = nan", ["model.width = NaN", "nan"]),
     "bool given a string": ("[train]\ncompile = 'yes'", ["train.compile = 'yes'", "true or false"]),
     "str given an int": ("[data]\nroot = 3", ["data.root = 3", "expected a string"]),

@@ -19,6 +19,7 @@ from torch import nn
 import testbed
 from conftest import run_testbed, start_testbed
 from testbed.cli import main
+from testbed.results import delta
 
 LEARNING = ("top1_error", "top5_error", "train_error", "train_loss", "epochs_to_target")
 
@@ -79,7 +80,7 @@ def test_mean_std_and_delta_come_from_the_stored_seeds(tmp_path):
     assert d["delta"] == pytest.approx(var["mean"] - base["mean"])
     se = (statistics.stdev(var["values"]) ** 2 / 2 + statistics.stdev(base["values"]) ** 2 / 2) ** 0.5
     assert d["se"] == pytest.approx(se)
-    assert d["within_noise"] == (abs(d["delta"]) < 2 * se)
+    assert d["within_noise"] == (abs(d["delta"]) <= 2 * se)
     assert by_name["no-lrn"]["paper"] == {"top1": 1.4, "top5": 1.2}
     # the run directory holds the store, the resolved experiment and both kinds of plot
     run = tmp_path / "run"
@@ -124,6 +125,19 @@ def completed_epochs(run: Path) -> int:
         return db.execute("SELECT COUNT(*) FROM epochs").fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+def test_delta_noise_mark_by_hand():
+    def m(*values):
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        return {"mean": mean, "std": std, "values": list(values)}
+
+    d = delta(m(0.50, 0.54), m(0.40, 0.42))  # se = sqrt(0.02^2 + 0.01^2) ~ 0.0224 (std/sqrt2 each)
+    assert d["delta"] == pytest.approx(0.11) and d["se"] == pytest.approx((0.0008 / 2 + 0.0002 / 2) ** 0.5)
+    assert d["within_noise"] is False
+    assert delta(m(0.50, 0.54), m(0.48, 0.50))["within_noise"] is True  # 0.03 < 2 x 0.0224
+    assert delta(m(0.9, 0.9), m(0.9, 0.9))["within_noise"] is True  # no difference is no effect
 
 
 def test_resume_after_sigkill_gives_the_uninterrupted_metrics(tmp_path):
