@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from testbed import __version__, plugins
@@ -232,7 +233,9 @@ def plugins_command(as_json):
         plugins.warn_load_errors()
         emit_json(doc)
         return
-    console = Console()
+    from testbed.report import table_console
+
+    console = table_console()
     for kind in KINDS:
         table = Table(title=kind, title_justify="left", show_header=True, expand=False)
         table.add_column("name", no_wrap=True)
@@ -241,10 +244,14 @@ def plugins_command(as_json):
         table.add_column("what it is")
         for entry in doc[kind]:
             params = ", ".join(f"{p['name']}={p['default']!r}" for p in entry["params"]) or "-"
-            table.add_row(entry["name"], params, entry["plugin"], entry["help"])
+            # plugins' text is text, not Rich markup: "[train]" must stay "[train]"
+            table.add_row(*(escape(text) for text in (entry["name"], params, entry["plugin"], entry["help"])))
         console.print(table)
-    for line in plugins.state().load_errors:
-        console.print(f"[red]{line}[/red]")
+    st = plugins.state()
+    for line in st.load_errors:
+        console.print(f"[red]{escape(line)}[/red]")
+    for line in st.notices:
+        console.print(f"[yellow]{escape(line)}[/yellow]")
 
 
 @main.command(epilog=EPILOG)

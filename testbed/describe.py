@@ -17,9 +17,9 @@ from testbed.model import build_model, layer_shapes, parameter_count
 def data_shape(data_cfg: dict, registry) -> tuple[int, int]:
     """(image size, classes) from the file, else from the dataset factory's declared defaults,
     else by loading the data (only then)."""
-    factory = registry.get("dataset", data_cfg["dataset"]["name"]).factory
-    size = data_cfg["image_size"] or getattr(factory, "image_size", None)
-    classes = data_cfg["classes"] or getattr(factory, "classes", None)
+    declared = registry.get("dataset", data_cfg["dataset"]["name"]).contract
+    size = data_cfg["image_size"] or declared.get("image_size")
+    classes = data_cfg["classes"] or declared.get("classes")
     if size is None or classes is None:
         data = load_dataset(data_cfg, registry)
         size, classes = size or data.image_size, classes or len(data.class_names)

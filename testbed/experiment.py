@@ -343,7 +343,7 @@ def check_value(spec: Key, value: Any, key: str, registry: Registry, where: str 
     kind = spec.kind
     if kind == "component":
         component, params = registry.resolve(spec.component, value, f"{where}{key}")
-        if key == "augment.test" and getattr(component.factory, "role", "test") != "test":
+        if key == "augment.test" and component.contract.get("role", "test") != "test":
             raise bad(f"'{component.name}' is a train augmentation; test views: {_names_with_role(registry, 'test')}")
         return {"name": component.name, **params}
     if kind == "components":
@@ -351,8 +351,7 @@ def check_value(spec: Key, value: Any, key: str, registry: Registry, where: str 
             raise bad("expected a list of components, e.g. [\"random-crop\", \"hflip\"]")
         resolved = [check_value(Key(None, "component", component=spec.component), item, f"{key}[{i}]", registry, where) for i, item in enumerate(value)]
         for i, item in enumerate(resolved):
-            factory = registry.get(spec.component, item["name"]).factory
-            if getattr(factory, "role", "train") != "train":
+            if registry.get(spec.component, item["name"]).contract.get("role", "train") != "train":
                 raise BadInput(f"{where}{key}[{i}] = {item['name']!r}: a test-time view; train augmentations: {_names_with_role(registry, 'train')}")
         return resolved
     if kind == "bool":
@@ -398,7 +397,7 @@ def check_value(spec: Key, value: Any, key: str, registry: Registry, where: str 
 
 
 def _names_with_role(registry: Registry, role: str) -> str:
-    return choices_text(n for n, c in registry.components["augmentation"].items() if getattr(c.factory, "role", "train") == role)
+    return choices_text(n for n, c in registry.components["augmentation"].items() if c.contract.get("role", "train") == role)
 
 
 def _fmt(x) -> str:

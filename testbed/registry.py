@@ -34,50 +34,107 @@ KINDS = (
 
 
 @dataclass(frozen=True)
-class Param:
-    name: str
-    default: Any
-    types: tuple  # accepted Python types of the value (None allowed if NoneType is listed)
-    choices: tuple | None = None
-    item_types: tuple | None = None  # for list parameters
+class Shape:
+    """What values a parameter accepts, from its annotation: ``kind`` is one of
+    ``scalar`` (``types``), ``choice`` (``choices``), ``list`` / ``tuple`` / ``dict`` (``items``:
+    the item shape; for a fixed-length tuple one shape per position, for a dict key and value),
+    ``union`` (``items``: the alternatives) or ``any``."""
 
-    def describe_type(self) -> str:
-        if self.choices:
+    kind: str
+    types: tuple = ()
+    choices: tuple = ()
+    items: tuple = ()
+    variadic: bool = False  # tuple[int, ...]
+
+    def describe(self) -> str:
+        if self.kind == "choice":
             return "one of " + ", ".join(repr(c) for c in self.choices)
-        names = [t.__name__ if t is not type(None) else "none" for t in self.types]
-        if self.item_types:
-            names = [f"list of {'/'.join(t.__name__ for t in self.item_types)}" if n == "list" else n for n in names]
-        return " or ".join(names)
+        if self.kind == "scalar":
+            return " or ".join("none" if t is type(None) else t.__name__ for t in self.types)
+        if self.kind == "list":
+            return f"list of {self.items[0].describe()}"
+        if self.kind == "tuple":
+            inner = f"{self.items[0].describe()}, ..." if self.variadic else ", ".join(i.describe() for i in self.items)
+            return f"list [{inner}]"
+        if self.kind == "dict":
+            return f"table of {self.items[0].describe()} = {self.items[1].describe()}"
+        if self.kind == "union":
+            return " or ".join(i.describe() for i in self.items)
+        return "any value"
 
     def check(self, value: Any, key: str) -> Any:
-        """Return the value (ints widened to float where a float is expected) or raise BadInput."""
-        if self.choices is not None:
-            if value not in self.choices:
-                raise BadInput(
-                    f"{key} = {short_repr(value)}: not a valid choice; choose one of "
-                    f"{', '.join(repr(c) for c in self.choices)}{did_you_mean(value, self.choices)}"
-                )
-            return value
+        """The value (ints widened to float where only a float fits, lists to tuples for tuple
+        parameters) or BadInput naming the key."""
+        checker = getattr(self, f"_check_{self.kind}")
+        return checker(value, key)
+
+    def _check_any(self, value, key):
+        return value
+
+    def _check_choice(self, value, key):
+        for choice in self.choices:  # by type too: True is not 1, but 2 may stand for 2.0
+            same_type = type(choice) is type(value) or (type(choice) is float and type(value) is int)
+            if same_type and choice == value:
+                return choice
+        raise BadInput(f"{key} = {short_repr(value)}: not a valid choice; choose one of "
+                       f"{', '.join(repr(c) for c in self.choices)}{did_you_mean(value, self.choices)}")
+
+    def _check_scalar(self, value, key):
         if value is None and type(None) in self.types:
             return None
         if isinstance(value, bool):
             ok = bool in self.types
         elif isinstance(value, int) and float in self.types and int not in self.types:
-            value = _check_number(value, key)
-            return float(value)
+            return float(_check_number(value, key))
         else:
             ok = isinstance(value, tuple(t for t in self.types if t is not type(None)))
         if not ok:
-            raise BadInput(f"{key} = {short_repr(value)}: expected {self.describe_type()}, got {type(value).__name__}")
+            raise BadInput(f"{key} = {short_repr(value)}: expected {self.describe()}, got {type(value).__name__}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             _check_number(value, key)
-        if isinstance(value, list) and self.item_types:
-            for i, item in enumerate(value):
-                if isinstance(item, bool) or not isinstance(item, self.item_types):
-                    raise BadInput(f"{key}[{i}] = {short_repr(item)}: expected {self.describe_type()}")
-                if isinstance(item, (int, float)):
-                    _check_number(item, f"{key}[{i}]")
         return value
+
+    def _check_list(self, value, key):
+        if not isinstance(value, (list, tuple)):
+            raise BadInput(f"{key} = {short_repr(value)}: expected {self.describe()}, got {type(value).__name__}")
+        return [self.items[0].check(item, f"{key}[{i}]") for i, item in enumerate(value)]
+
+    def _check_tuple(self, value, key):
+        if not isinstance(value, (list, tuple)) or (not self.variadic and len(value) != len(self.items)):
+            raise BadInput(f"{key} = {short_repr(value)}: expected {self.describe()}")
+        shapes = [self.items[0]] * len(value) if self.variadic else self.items
+        return tuple(shape.check(item, f"{key}[{i}]") for i, (shape, item) in enumerate(zip(shapes, value)))
+
+    def _check_dict(self, value, key):
+        if not isinstance(value, dict):
+            raise BadInput(f"{key} = {short_repr(value)}: expected {self.describe()}, got {type(value).__name__}")
+        keys, values = self.items
+        return {keys.check(k, f"{key} key"): values.check(v, f"{key}.{k}") for k, v in value.items()}
+
+    def _check_union(self, value, key):
+        for shape in self.items:
+            try:
+                return shape.check(value, key)
+            except BadInput:
+                continue
+        raise BadInput(f"{key} = {short_repr(value)}: expected {self.describe()}, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    shape: Shape
+
+    @property
+    def choices(self) -> tuple | None:
+        return self.shape.choices if self.shape.kind == "choice" else None
+
+    def describe_type(self) -> str:
+        return self.shape.describe()
+
+    def check(self, value: Any, key: str) -> Any:
+        return self.shape.check(value, key)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "default": self.default, "type": self.describe_type()}
@@ -95,28 +152,48 @@ def _check_number(value: int | float, key: str) -> int | float:
     return value
 
 
+SCALARS = (bool, int, float, str, type(None))
+SUPPORTED = "bool, int, float, str, None, Literal[...], X | None, list[X], tuple[X, Y], tuple[X, ...], dict[str, X]"
+
+
+def shape_of(hint: Any) -> Shape:
+    """The Shape of an annotation; TypeError (refused at registration) for one testbed cannot check."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return Shape("any")
+    if origin is typing.Literal:
+        return Shape("choice", choices=args)
+    if origin in (typing.Union, types_module.UnionType):
+        if all(a in SCALARS for a in args):
+            return Shape("scalar", types=args)
+        return Shape("union", items=tuple(shape_of(a) for a in args))
+    if origin is list or hint is list:
+        return Shape("list", items=(shape_of(args[0]) if args else Shape("any"),))
+    if origin is tuple or hint is tuple:
+        if not args:
+            return Shape("tuple", items=(Shape("any"),), variadic=True)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return Shape("tuple", items=(shape_of(args[0]),), variadic=True)
+        return Shape("tuple", items=tuple(shape_of(a) for a in args))
+    if origin is dict or hint is dict:
+        key, value = args if args else (str, Any)
+        if key is not str:
+            raise TypeError(f"dict keys must be str (TOML table keys are strings), got {hint}")
+        return Shape("dict", items=(shape_of(str), shape_of(value)))
+    if hint in SCALARS or (isinstance(hint, type) and origin is None):  # a plain class: isinstance
+        return Shape("scalar", types=(hint,))
+    raise TypeError(f"annotation {hint!r} is not one testbed can check in an experiment file; use {SUPPORTED}")
+
+
 def _param_from(parameter: inspect.Parameter, hint: Any) -> Param:
     default = parameter.default
-    if hint is inspect.Parameter.empty or hint is Any:
-        hint = type(default) if default is not None else Any
-    choices = item_types = None
-    origin = typing.get_origin(hint)
-    if origin is typing.Literal:
-        choices = typing.get_args(hint)
-        types = tuple({type(c) for c in choices})
-    elif origin in (typing.Union, types_module.UnionType):
-        types = tuple(typing.get_origin(a) or a for a in typing.get_args(hint))
-        for a in typing.get_args(hint):
-            if typing.get_origin(a) is list and typing.get_args(a):
-                item_types = typing.get_args(a)
-    elif origin is list:
-        types = (list,)
-        item_types = typing.get_args(hint) or None
-    elif hint is Any:
-        types = (object,)
-    else:
-        types = (hint,)
-    return Param(parameter.name, default, types, choices, item_types)
+    if hint is inspect.Parameter.empty:
+        hint = Any if default is None else type(default)
+    try:
+        shape = shape_of(hint)
+    except TypeError as exc:
+        raise TypeError(f"parameter {parameter.name!r}: {exc}") from None
+    return Param(parameter.name, default, shape)
 
 
 def params_of(factory: Callable) -> tuple[Param, ...]:
@@ -147,6 +224,8 @@ class Component:
     params: tuple[Param, ...]
     plugin: str
     version: str = ""
+    contract: dict = field(default_factory=dict)  # what the kind's CONTRACTS ask a registration to declare
+    notices: tuple[str, ...] = ()  # deprecations found while registering, printed as warnings
 
     def defaults(self) -> dict:
         return {p.name: p.default for p in self.params}
@@ -187,7 +266,8 @@ class Registry:
 
     components: dict[str, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
 
-    def add(self, kind: str, name: str, factory: Callable, help: str, *, plugin: str, version: str = "") -> Component:
+    def add(self, kind: str, name: str, factory: Callable, help: str, *, plugin: str, version: str = "",
+            contract: dict | None = None) -> Component:
         if kind not in self.components:
             raise ValueError(f"unknown component kind {kind!r}; kinds: {', '.join(KINDS)}")
         if not isinstance(name, str) or not name:
@@ -198,7 +278,8 @@ class Registry:
                 f"{kind} '{name}' is registered twice: by plugin '{existing.plugin}' and by plugin '{plugin}'; "
                 f"uninstall one of them or rename the component"
             )
-        component = Component(kind, name, factory, (help or "").strip(), params_of(factory), plugin, version)
+        declared, notices = check_contract(kind, name, factory, contract or {})
+        component = Component(kind, name, factory, (help or "").strip(), params_of(factory), plugin, version, declared, notices)
         self.components[kind][name] = component
         return component
 
@@ -226,6 +307,48 @@ class Registry:
     def create(self, kind: str, spec: Any, *context, key: str | None = None):
         component, params = self.resolve(kind, spec, key or kind)
         return component.create(context, params, key or kind)
+
+
+#: What a registration of each kind may declare, as keywords of ``register(name, factory, help, **contract)``:
+#: key -> (accepted values: a tuple of choices or a type, what it means). Kinds not listed declare nothing.
+CONTRACTS: dict[str, dict[str, tuple[Any, str]]] = {
+    "augmentation": {
+        "role": (("train", "test"), "'train': goes in augment.train; 'test': test-time views for augment.test"),
+    },
+    "dataset": {
+        "image_size": (int, "the dataset's own image size, so `testbed show` need not load the data"),
+        "classes": (int, "the dataset's own class count, likewise"),
+    },
+}
+
+
+def check_contract(kind: str, name: str, factory: Callable, given: dict) -> tuple[dict, tuple[str, ...]]:
+    """The declared contract of a registration, checked. The form documented before
+    register() took these keywords, an attribute on the factory function
+    (``cutout.role = "train"``), still counts, with a deprecation notice saying what to write;
+    a class factory's class attribute counts without one (it belongs to the class)."""
+    allowed = CONTRACTS.get(kind, {})
+    for key in given:
+        if key not in allowed:
+            valid = f"it declares: {', '.join(allowed)}" if allowed else "it declares nothing"
+            raise ValueError(f"register() got {key}={given[key]!r}, which a {kind} does not declare{did_you_mean(key, allowed)}; {valid}")
+    declared, notices = {}, []
+    for key, (accepted, _meaning) in allowed.items():
+        if key in given:
+            value = given[key]
+        elif hasattr(factory, key):
+            value = getattr(factory, key)
+            if not inspect.isclass(factory):
+                notices.append(f"{kind} {name!r} declares {key} = {value!r} as an attribute of its factory, which is deprecated; "
+                               f"write register({name!r}, {getattr(factory, '__name__', 'factory')}, help, {key}={value!r}) instead")
+        else:
+            continue
+        ok = value in accepted if isinstance(accepted, tuple) else (isinstance(value, accepted) and not isinstance(value, bool))
+        if not ok:
+            expected = ", ".join(repr(a) for a in accepted) if isinstance(accepted, tuple) else accepted.__name__
+            raise ValueError(f"{key} = {value!r}: expected {expected}")
+        declared[key] = value
+    return declared, tuple(notices)
 
 
 def component_spec(spec: Any, key: str) -> dict:

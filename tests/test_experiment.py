@@ -305,7 +305,7 @@ BAD = {
     "param type": ("[model]\nnormalization = { name = 'lrn', size = 'big' }", ["model.normalization.size = 'big'", "expected int"]),
     "param bool as int": ("[model]\nnormalization = { name = 'lrn', size = true }", ["model.normalization.size = True", "expected int"]),
     "param choice": ("[model]\nnormalization = { name = 'lrn', alpha_convention = 'per-trem' }", ["alpha_convention = 'per-trem'", "'divided-by-n', 'per-term'", "did you mean 'per-term'"]),
-    "param list item": ("[model]\ninit = { name = 'paper', bias_one = ['fc6', 7] }", ["model.init.bias_one[1] = 7", "list of str"]),
+    "param list item": ("[model]\ninit = { name = 'paper', bias_one = ['fc6', 7] }", ["model.init.bias_one[1] = 7", "expected str, got int"]),
     "param huge int": ("[augment]\ntrain = [{ name = 'random-crop', padding = 100000000000000000000000 }]", ["augment.train[0].padding", "too large"]),
     "param huge int to float": ("[model]\nnormalization = { name = 'lrn', alpha = 1" + "0" * 400 + " }", ["model.normalization.alpha", "too large"]),
     "param inf": ("[model]\nnormalization = { name = 'lrn', k = inf }", ["model.normalization.k = inf", "finite"]),

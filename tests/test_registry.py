@@ -164,7 +164,7 @@ def test_int_is_widened_to_float(reg):
         ({"mode": "fsat"}, r"^k\.mode = 'fsat': not a valid choice; choose one of 'fast', 'exact' \(did you mean 'fast'\?\)$"),
         ({"mode": 1}, r"^k\.mode = 1: not a valid choice; choose one of 'fast', 'exact'$"),
         ({"layers": "conv1"}, r"^k\.layers = 'conv1': expected list of str, got str$"),
-        ({"layers": ["conv1", 2]}, r"^k\.layers\[1\] = 2: expected list of str$"),
+        ({"layers": ["conv1", 2]}, r"^k\.layers\[1\] = 2: expected str, got int$"),
         ({"limit": 1.5}, r"^k\.limit = 1\.5: expected int or none, got float$"),
         ({"limit": False}, r"^k\.limit = False: expected int or none, got bool$"),
         ({"limit": 2**63}, r"^k\.limit = 9223372036854775808: too large"),
@@ -364,3 +364,255 @@ def test_broken_entry_point_warns_on_the_command_line(entry_points, tmp_path):
     result = CliRunner().invoke(main, ["show", str(tmp_path / "exp.toml"), "--json"])
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------ generic annotations
+
+
+def shaped(
+    *,
+    kernel: tuple[int, int] = (3, 3),
+    sizes: tuple[int, ...] = (),
+    std: dict[str, float] = {"conv1": 0.01},  # noqa: B006
+    scale: float | None = None,
+    order: Literal[1, 2] = 1,
+    names: list[str] | None = None,
+):
+    return (kernel, sizes, std, scale, order, names)
+
+
+def test_generic_annotations_register_and_check_values():
+    reg = Registry()
+    reg.add("init", "shaped", shaped, "generic parameters", plugin="mine")  # raised TypeError: parameterized generic
+    component, params = reg.resolve("init", {"name": "shaped"}, "k")
+    assert params == {"kernel": (3, 3), "sizes": (), "std": {"conv1": 0.01}, "scale": None, "order": 1, "names": None}
+    _, params = reg.resolve("init", {"name": "shaped", "kernel": [5, 5], "sizes": [1, 2, 3], "std": {"fc8": 1}, "order": 2,
+                                     "names": ["a"]}, "k")
+    assert params["kernel"] == (5, 5) and params["sizes"] == (1, 2, 3)
+    assert params["std"] == {"fc8": 1.0} and isinstance(params["std"]["fc8"], float)
+    assert (params["order"], params["names"]) == (2, ["a"])
+    types = {p["name"]: p["type"] for p in component.as_dict()["params"]}
+    assert types["kernel"] == "list [int, int]" and types["std"] == "table of str = float" and types["order"] == "one of 1, 2"
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"kernel": [5]}, r"^k\.kernel = \[5\]: expected list \[int, int\]$"),
+        ({"kernel": [5, "a"]}, r"^k\.kernel\[1\] = 'a': expected int, got str$"),
+        ({"sizes": [1, 2.5]}, r"^k\.sizes\[1\] = 2\.5: expected int, got float$"),
+        ({"std": {"conv1": "big"}}, r"^k\.std\.conv1 = 'big': expected float, got str$"),
+        ({"std": [1.0]}, r"^k\.std = \[1\.0\]: expected table of str = float, got list$"),
+        ({"order": 3}, r"^k\.order = 3: not a valid choice; choose one of 1, 2$"),
+        ({"order": True}, r"^k\.order = True: not a valid choice"),
+        ({"names": "a"}, r"^k\.names = 'a': expected list of str or none, got str$"),
+    ],
+)
+def test_generic_parameters_refuse_bad_values(params, message):
+    reg = Registry()
+    reg.add("init", "shaped", shaped, "", plugin="mine")
+    with pytest.raises(BadInput, match=message):
+        reg.resolve("init", {"name": "shaped", **params}, "k")
+
+
+def test_unsupported_annotations_are_refused_at_registration_with_what_is_supported():
+    def bad(*, layers: set[str] = frozenset()):  # noqa: B006
+        return layers
+
+    with pytest.raises(TypeError, match=r"parameter 'layers': annotation set\[str\] is not one testbed can check.*tuple\[X, Y\]"):
+        params_of(bad)
+
+    def keyed(*, table: dict[int, float] = {}):  # noqa: B006
+        return table
+
+    with pytest.raises(TypeError, match="dict keys must be str"):
+        params_of(keyed)
+
+
+def test_a_plugin_with_an_unsupported_annotation_loses_that_component_only(register_plugin):
+    class Plugin:
+        @testbed.hookimpl
+        def register_activations(self, register):
+            def odd(*, widths: set[int] = frozenset()):  # noqa: B006
+                return widths
+
+            register("odd", odd, "refused")
+            register("fine", swish, "kept")
+
+    reg = register_plugin(Plugin(), "generic-plugin")
+    assert "fine" in reg.names("activation") and "odd" not in reg.names("activation")
+    assert any("plugin 'generic-plugin' could not register activation 'odd'" in e and "set[int]" in e for e in plugins.state().load_errors)
+
+
+# ------------------------------------------------------------------------------ contracts and pluggy
+
+
+def test_contracts_are_declared_at_registration_and_checked(registry):
+    assert registry.get("augmentation", "random-crop").contract == {"role": "train"}
+    assert registry.get("augmentation", "ten-crop").contract == {"role": "test"}
+    assert registry.get("dataset", "synthetic").contract == {"image_size": 32, "classes": 10}
+    reg = Registry()
+    with pytest.raises(ValueError, match=r"register\(\) got rol='train', which a augmentation does not declare \(did you mean 'role'\?\)"):
+        reg.add("augmentation", "x", lambda ctx: None, "", plugin="p", contract={"rol": "train"})
+    with pytest.raises(ValueError, match=r"role = 'both': expected 'train', 'test'"):
+        reg.add("augmentation", "x", lambda ctx: None, "", plugin="p", contract={"role": "both"})
+    with pytest.raises(ValueError, match="which a activation does not declare; it declares nothing"):
+        reg.add("activation", "x", lambda: None, "", plugin="p", contract={"role": "train"})
+
+
+class OldStylePlugin:
+    """A plugin written against the docs before register() took contract keywords."""
+
+    @testbed.hookimpl
+    def register_augmentations(self, register):
+        def shift(ctx, *, pixels: int = 1):
+            return lambda x, generator: x.roll(pixels, -1)
+
+        shift.role = "train"
+        register("shift", shift, "roll the image [train]")
+
+    @testbed.hookimpl
+    def register_datasets(self, register):
+        from testbed_builtins.datasets import synthetic
+
+        def tiny(request):
+            return synthetic(request)
+
+        tiny.image_size, tiny.classes = 16, 3
+        register("tiny", tiny, "declared by attributes")
+
+
+def test_an_old_style_plugin_keeps_working_with_a_deprecation_warning(register_plugin, tmp_path):
+    with pytest.warns(DeprecationWarning, match=r"write register\('shift', shift, help, role='train'\) instead"):
+        reg = register_plugin(OldStylePlugin(), "old-style")
+    assert reg.get("augmentation", "shift").contract == {"role": "train"}
+    assert reg.get("dataset", "tiny").contract == {"image_size": 16, "classes": 3}
+    notices = [n for n in plugins.state().notices if n.startswith("plugin 'old-style'")]
+    assert len(notices) == 3 and all("deprecated" in n for n in notices)
+    # the role still decides where it may go, and show still needs no data
+    (tmp_path / "old.toml").write_text('[data]\ndataset = "tiny"\n[augment]\ntest = "shift"\n')
+    result = CliRunner().invoke(main, ["show", str(tmp_path / "old.toml")])
+    assert result.exit_code == 2 and "'shift' is a train augmentation" in result.stderr
+    assert "warning: plugin 'old-style': augmentation 'shift' declares role = 'train'" in result.stderr  # once per process
+    (tmp_path / "old.toml").write_text('[data]\ndataset = "tiny"\n[augment]\ntrain = ["shift"]\n[model]\nwidth = 0.125\n')
+    result = CliRunner().invoke(main, ["show", str(tmp_path / "old.toml"), "--json"])
+    assert result.exit_code == 0, result.output
+
+
+class TryFirstPlugin:
+    @testbed.hookimpl(tryfirst=True)
+    def register_activations(self, register):
+        calls.append("tryfirst")
+        register("first", swish, "")
+
+
+class WrapperPlugin:
+    @testbed.hookimpl(wrapper=True)
+    def register_activations(self, register):
+        calls.append("wrapper before")
+        result = yield
+        calls.append("wrapper after")
+        return result
+
+
+calls: list[str] = []
+
+
+def test_hooks_are_called_through_pluggy_with_its_ordering_and_wrappers(register_plugin):
+    register_plugin(WrapperPlugin(), "wrapper")
+    calls.clear()
+    reg = register_plugin(TryFirstPlugin(), "try-first")
+    assert calls == ["wrapper before", "tryfirst", "wrapper after"]
+    assert reg.get("activation", "first").plugin == "try-first"
+    assert reg.get("activation", "relu").plugin == "builtin.activations"
+
+
+class SharedHelperPlugin:
+    """Registers through a helper defined elsewhere: the registration is still its own."""
+
+    @testbed.hookimpl
+    def register_activations(self, register):
+        _register_for_someone(register)
+
+
+def _register_for_someone(register):
+    register("helped", swish, "")
+
+
+def test_registrations_are_attributed_to_the_calling_plugin_even_through_helpers(register_plugin):
+    register_plugin(SwishPlugin(), "one")
+    reg = register_plugin(SharedHelperPlugin(), "two")
+    assert reg.get("activation", "swish").plugin == "one" and reg.get("activation", "helped").plugin == "two"
+
+
+class HalfBrokenPlugin:
+    @testbed.hookimpl
+    def register_activations(self, register):
+        register("before-boom", swish, "")
+        raise RuntimeError("boom after one")
+
+
+def test_a_raising_plugin_keeps_what_it_registered_and_does_not_cost_the_others(register_plugin):
+    register_plugin(SwishPlugin(), "good-one")
+    reg = register_plugin(HalfBrokenPlugin(), "half-broken")
+    assert reg.get("activation", "before-boom").plugin == "half-broken"
+    assert reg.get("activation", "swish").plugin == "good-one" and "relu" in reg.names("activation")
+    assert any("plugin 'half-broken' failed in register_activations: RuntimeError: boom after one" in e for e in plugins.state().load_errors)
+
+
+class MisspelledHookPlugin:
+    @testbed.hookimpl
+    def register_activation(self, register):  # the hook is register_activations
+        register("never", swish, "")
+
+
+def test_a_misspelled_hook_is_reported_not_ignored(register_plugin):
+    reg = register_plugin(MisspelledHookPlugin(), "typo")
+    assert "never" not in reg.names("activation")
+    errors = [e for e in plugins.state().load_errors if "'typo'" in e]
+    assert len(errors) == 1
+    assert "implements 'register_activation', which is not a testbed hook (did you mean 'register_activations'?)" in errors[0]
+    result = CliRunner().invoke(main, ["plugins", "--json"])
+    assert "did you mean 'register_activations'" in result.stderr
+
+
+def test_two_distributions_with_one_entry_point_name_warn_naming_both(tmp_path, monkeypatch):
+    (tmp_path / "tb_first_dist.py").write_text(textwrap.dedent(GOOD_PLUGIN))
+    (tmp_path / "tb_second_dist.py").write_text(textwrap.dedent(GOOD_PLUGIN).replace("gelu2", "gelu3"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class Dist:
+        def __init__(self, name):
+            self.name, self.version = name, "1.0"
+
+    eps = []
+    for module, dist in (("tb_first_dist", "first-dist"), ("tb_second_dist", "second-dist")):
+        ep = EntryPoint("same-name", module, "testbed")
+        eps.append(ep._for(Dist(dist)) if hasattr(ep, "_for") else ep)
+    monkeypatch.setattr(plugins, "entry_points", lambda *, group: eps)
+    monkeypatch.delenv(plugins.DISABLE_AUTOLOAD_ENV, raising=False)
+    plugins.reset()
+    try:
+        reg = plugins.registry()
+        assert "gelu2" in reg.names("activation") and "gelu3" not in reg.names("activation")
+        notice = next(n for n in plugins.state().notices if "same-name" in n)
+        assert "first-dist" in notice and "second-dist" in notice and "only the first is loaded" in notice
+    finally:
+        plugins.reset()
+        for name in ("tb_first_dist", "tb_second_dist"):
+            sys.modules.pop(name, None)
+
+
+class MarkupHelpPlugin:
+    @testbed.hookimpl
+    def register_activations(self, register):
+        register("[bold red]loud", swish, "keeps its [train] tag and shows [bold red] as written")
+
+
+def test_plugins_prints_help_as_text_not_rich_markup(register_plugin):
+    register_plugin(MarkupHelpPlugin(), "markup")
+    result = CliRunner().invoke(main, ["plugins"], terminal_width=250)
+    assert result.exit_code == 0, result.output
+    assert "keeps its [train] tag and shows [bold red] as written" in result.stdout
+    assert "[bold red]loud" in result.stdout
+    assert "random patches (paper: 227 of 256; 32 px data: pad 4, crop 32) [train]" in result.stdout  # a built-in's tag

@@ -216,10 +216,11 @@ def test_gratings_is_deterministic_balanced_and_sized_as_asked():
     assert not torch.equal(other.train_images, data.train_images)
 
 
-def test_gratings_defaults_and_declared_shape():
+def test_gratings_defaults_and_declared_shape(registry):
     data = testbed_example_plugins.gratings(DataRequest(None, None, None, None, None, seed=0), train_images=80, test_images=16)
-    assert data.image_size == testbed_example_plugins.gratings.image_size == 32
-    assert len(data.class_names) == testbed_example_plugins.gratings.classes == 8
+    declared = registry.get("dataset", "gratings").contract
+    assert data.image_size == declared["image_size"] == 32
+    assert len(data.class_names) == declared["classes"] == 8
     assert len(data.train_labels) == 80 and len(data.test_labels) == 16
 
 

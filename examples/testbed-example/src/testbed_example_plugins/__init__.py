@@ -1,7 +1,7 @@
 """testbed-example: the hook implementations, i.e. everything this plugin adds to testbed.
 
 testbed imports this module through the ``testbed`` entry point in pyproject.toml and calls
-each ``@hookimpl`` function below with a ``register(name, factory, help)`` callback. The
+each ``@hookimpl`` function below with a ``register(name, factory, help, **contract)`` callback. The
 components themselves live in the submodules, one per kind.
 """
 
@@ -11,7 +11,7 @@ from testbed import hookimpl
 
 from testbed_example_plugins.activations import mish, swish
 from testbed_example_plugins.augmentations import cutout
-from testbed_example_plugins.datasets import gratings
+from testbed_example_plugins.datasets import CLASSES, IMAGE_SIZE, gratings
 from testbed_example_plugins.normalizations import groupnorm
 
 __version__ = "0.1.0"
@@ -30,9 +30,11 @@ def register_normalizations(register):
 
 @hookimpl
 def register_augmentations(register):
-    register("cutout", cutout, "zero a random size x size square in every image (DeVries & Taylor 2017) [train]")
+    # role: a train augmentation (goes in augment.train); test-time views say "test" (augment.test)
+    register("cutout", cutout, "zero a random size x size square in every image (DeVries & Taylor 2017) [train]", role="train")
 
 
 @hookimpl
 def register_datasets(register):
-    register("gratings", gratings, "generated oriented sine gratings, one orientation per class; deterministic, offline")
+    register("gratings", gratings, "generated oriented sine gratings, one orientation per class; deterministic, offline",
+             image_size=IMAGE_SIZE, classes=CLASSES)

@@ -52,6 +52,3 @@ def cutout(ctx: AugmentContext, *, size: int = 8, position: Literal["anywhere", 
         raise ValueError(f"size must be between 1 and {largest} px (the smaller of the image and input sizes), got {size}")
     return Cutout(size, position)
 
-
-# A train augmentation (goes in augment.train); test-time views say "test" (augment.test).
-cutout.role = "train"

@@ -39,13 +39,19 @@ def _split(n: int, size: int, classes: int, noise: float, seed: int) -> tuple[to
     return _render(labels, size, classes, noise, generator), labels
 
 
+# The dataset's own image size and class count, used when the experiment file does not set
+# data.image_size / data.classes; declared at registration so `testbed show` need not generate data.
+IMAGE_SIZE = 32
+CLASSES = 8
+
+
 def gratings(request: DataRequest, *, train_images: int = 1000, test_images: int = 200, noise: float = 16.0):
     # `request` is positional context: what the experiment's [data] table asks for. Its
     # image_size / classes / train_size / test_size are None when the file leaves them out;
     # the dataset then uses its own. testbed subsets and resizes the result afterwards anyway,
     # but generating exactly what was asked is cheaper.
-    size = request.image_size or gratings.image_size
-    classes = request.classes or gratings.classes
+    size = request.image_size or IMAGE_SIZE
+    classes = request.classes or CLASSES
     n_train = request.train_size or train_images
     n_test = request.test_size or test_images
     if size < 8:
@@ -60,8 +66,3 @@ def gratings(request: DataRequest, *, train_images: int = 1000, test_images: int
     test = _split(n_test, size, classes, noise, 2 * request.seed + 1)
     return InMemoryData(*train, *test, class_names=[f"{180 * c / classes:g}deg" for c in range(classes)])
 
-
-# What `testbed show` may assume without generating the data: the dataset's own image size
-# and class count (used when the experiment file does not set data.image_size / data.classes).
-gratings.image_size = 32
-gratings.classes = 8

@@ -192,12 +192,8 @@ def cifar10(request: DataRequest, *, download: bool = True):
     )
 
 
-# What `testbed show` may assume without loading the data.
-synthetic.image_size, synthetic.classes = 32, 10
-cifar10.image_size, cifar10.classes = 32, 10
-
-
 @hookimpl
 def register_datasets(register):
-    register("synthetic", synthetic, "generated class-dependent shapes, colours and textures; deterministic, offline")
-    register("cifar10", cifar10, "CIFAR-10: imagefolder JPEGs under $TESTBED_DATA/cifar10, or torchvision's download")
+    # image_size and classes: what `testbed show` may assume without loading the data
+    register("synthetic", synthetic, "generated class-dependent shapes, colours and textures; deterministic, offline", image_size=32, classes=10)
+    register("cifar10", cifar10, "CIFAR-10: imagefolder JPEGs under $TESTBED_DATA/cifar10, or torchvision's download", image_size=32, classes=10)

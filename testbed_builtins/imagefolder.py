@@ -392,14 +392,11 @@ def imagefolder(
     return InMemoryData(*train, *test, class_names=list(names))
 
 
-# What `testbed show` may assume without loading the data (the class count depends on the folder).
-imagefolder.image_size = 256
-
-
 @hookimpl
 def register_datasets(register):
     register(
         "imagefolder",
         imagefolder,
         "ImageNet layout (train/ + val/ or test/, a folder per class, JPEG/PNG): shorter side to 256, centre crop",
+        image_size=256,  # what `testbed show` may assume without loading; the class count depends on the folder
     )

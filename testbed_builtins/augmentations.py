@@ -138,14 +138,11 @@ def ten_crop(ctx: AugmentContext, *, padding: int | None = None):
     return TenCrop(ctx, padding)
 
 
-random_crop.role = hflip.role = pca_lighting.role = "train"
-center.role = ten_crop.role = "test"
-
-
 @hookimpl
 def register_augmentations(register):
-    register("random-crop", random_crop, "random patches (paper: 227 of 256; 32 px data: pad 4, crop 32) [train]")
-    register("hflip", hflip, "horizontal reflection with probability p [train]")
-    register("pca-lighting", pca_lighting, "PCA colour noise, alpha ~ N(0, 0.1) per image (section 4.1) [train]")
-    register("center", center, "the centre patch [test]")
-    register("ten-crop", ten_crop, "4 corners + centre and their reflections, softmax averaged (section 4.1; 32 px: of images padded by 4) [test]")
+    register("random-crop", random_crop, "random patches (paper: 227 of 256; 32 px data: pad 4, crop 32) [train]", role="train")
+    register("hflip", hflip, "horizontal reflection with probability p [train]", role="train")
+    register("pca-lighting", pca_lighting, "PCA colour noise, alpha ~ N(0, 0.1) per image (section 4.1) [train]", role="train")
+    register("center", center, "the centre patch [test]", role="test")
+    register("ten-crop", ten_crop, "4 corners + centre and their reflections, softmax averaged (section 4.1; 32 px: of images padded by 4) [test]",
+             role="test")
