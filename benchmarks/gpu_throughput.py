@@ -25,7 +25,8 @@ import torch
 from testbed import plugins
 from testbed.data import InMemoryData
 from testbed.experiment import build_experiment
-from testbed.train import build_for_training, train_step
+from testbed.assembly import build_for_training
+from testbed.train import train_step
 
 
 def measure(device: torch.device, precision: str, memory_format: str, compile_model: bool, batch: int, steps: int, warmup: int) -> dict:

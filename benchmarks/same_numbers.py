@@ -40,7 +40,7 @@ RUNS = {
 TIMINGS = {"train_s", "eval_s", "images_per_s", "train_images_per_s", "time_to_target_s", "train_time_s"}
 
 
-def dump(out: Path, python: str, only: list[str]) -> None:
+def dump(out: Path, python: str, only: list[str], extra_args: list[str] = ()) -> None:
     result = {}
     env = {**os.environ, "TESTBED_DISABLE_PLUGIN_AUTOLOAD": "1", "TESTBED_DATA": str(Path(os.environ.get("TESTBED_DATA", REPO.parent / "shared" / "datasets")).resolve())}
     for file, extra in RUNS.items():
@@ -48,7 +48,7 @@ def dump(out: Path, python: str, only: list[str]) -> None:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             run_dir = Path(tmp) / "run"
-            cmd = [python, "-m", "testbed", "run", str(REPO / file), "--out", str(run_dir), "--json", "-q", *extra]
+            cmd = [python, "-m", "testbed", "run", str(REPO / file), "--out", str(run_dir), "--json", "-q", *extra, *extra_args]
             print("+", " ".join(cmd), file=sys.stderr, flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)  # not REPO: -m would import its testbed
             if proc.returncode not in (0, 1):
@@ -107,12 +107,14 @@ def main() -> None:
     d.add_argument("out", type=Path)
     d.add_argument("--python", default=sys.executable, help="the interpreter of the testbed installation to run")
     d.add_argument("--only", nargs="*", default=[], help="only files whose path contains one of these")
+    d.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra --set for every run (e.g. to keep an older default: train.seed_varies=[...])")
     c = sub.add_parser("compare", help="compare two dumps exactly")
     c.add_argument("a", type=Path)
     c.add_argument("b", type=Path)
     args = parser.parse_args()
     if args.command == "dump":
-        dump(args.out, args.python, args.only)
+        dump(args.out, args.python, args.only, [a for s in args.sets for a in ("--set", s)])
     else:
         sys.exit(compare(args.a, args.b))
 

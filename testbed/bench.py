@@ -12,10 +12,12 @@ experiment's optimizer, precision and compile setting):
 - the training loop as it runs (next batch from the pipeline, then a step on it): its time per
   iteration less the step's is what the pipeline really costs inside the loop (on a CPU more
   than alone: right after a backward pass the first batch's ops run slower);
-- FLOPs per image, counted from the built model (forward hooks on every Conv2d and Linear:
-  2 x multiply-adds, groups included, bias and elementwise layers not counted). Training
-  FLOPs add, per layer, one forward's worth for the weight gradient and one for the input
-  gradient where the layer's input needs one (not for conv1): about 3x forward;
+- FLOPs per image, counted by ``torch.utils.flop_counter.FlopCounterMode`` on a real forward
+  and backward pass of the built model (matrix products and convolutions; bias and elementwise
+  layers not counted), with one correction: torch's formula for a grouped convolution's
+  weight gradient counts it as if ``groups`` were 1 (conv2/4/5 of the two-tower net), so
+  testbed counts that backward as one forward's worth per gradient computed. The image needs
+  no gradient, so conv1 costs two forwards' worth in training, every other layer three;
 - achieved FLOP/s (training FLOPs x images/s) and utilisation against this machine's peak,
   measured in the same process with the same thread count: the best of a few large matmuls
   and large 3x3 convolutions in the variant's precision (whichever library is faster here);
@@ -42,7 +44,9 @@ from torch import nn
 
 from testbed.data import InMemoryData, augmentation_generator, center_crop
 from testbed.model import build_model
-from testbed.train import build_for_training, build_pipeline, seed_everything, train_step
+from testbed.assembly import build_for_training, build_pipeline
+from testbed.seeding import seed_everything
+from testbed.train import train_step
 
 WARMUP_STEPS = 3
 WARMUP_STEPS_COMPILED = 6
@@ -50,8 +54,9 @@ CHUNKS = 5  # the timed steps are split into this many chunks; the fastest chunk
 NOISY = 1.25  # chunk-to-chunk or start-to-end variation beyond this: warn that the machine was busy
 KEEP_BYTES = 2 * 2**30  # when all variants' training state fits in this, their steps are timed interleaved
 FLOP_CONVENTION = (
-    "2 x multiply-adds of every Conv2d and Linear (groups included; bias, activations, LRN, pooling "
-    "not counted); training = forward + weight gradients + input gradients (none for the first layer)"
+    "torch's FlopCounterMode: 2 x multiply-adds of matrix products and convolutions (groups included; bias, "
+    "activations, LRN, pooling not counted); training = forward + weight gradients + input gradients (none "
+    "for the first layer), grouped convolutions' weight gradients counted per group"
 )
 
 
@@ -148,45 +153,45 @@ class Memory:
 # ---------------------------------------------------------------------------- FLOPs
 
 
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                         _output_padding, _groups, output_mask, out_shape=None, **_kwargs) -> int:
+    """One forward's worth for each gradient the backward computes (input, weight). The weight
+    shape already holds in_channels / groups, so this is right for grouped convolutions too."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed=transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+def _flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return FlopCounterMode(display=False, depth=64, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
+
+
+def _by_layer(counts: dict) -> dict[str, int]:
+    """FLOPs per innermost module that did any (by its last name: both towers' conv2 are "conv2")."""
+    named = {name: sum(ops.values()) for name, ops in counts.items() if name != "Global" and sum(ops.values())}
+    out: dict[str, int] = {}
+    for name, flops in named.items():
+        if not any(other.startswith(name + ".") for other in named):
+            last = name.rsplit(".", 1)[-1]
+            out[last] = out.get(last, 0) + flops
+    return out
+
+
 def count_flops(model: nn.Module, x: torch.Tensor) -> dict:
-    """Forward and training FLOPs per image of ``model`` on the batch ``x`` (see FLOP_CONVENTION).
-
-    Counted with forward hooks on a real forward pass (grad enabled, so that each layer knows
-    whether its input needs a gradient); nothing is stepped."""
-    per_layer: dict[str, dict] = {}
-    hooks = []
-
-    def hook(name):
-        def fn(module, inputs, output):
-            inp = inputs[0]
-            if isinstance(module, nn.Conv2d):
-                per_out = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-                macs = output.numel() * per_out
-            else:
-                macs = output.numel() * module.in_features
-            entry = per_layer.setdefault(name, {"forward": 0, "train": 0})
-            forward = 2 * macs
-            entry["forward"] += forward
-            entry["train"] += forward + (forward if module.weight.requires_grad else 0) + (forward if inp.requires_grad else 0)
-
-        return fn
-
-    for path, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            hooks.append(module.register_forward_hook(hook(path.rsplit(".", 1)[-1] or path)))
-    try:
-        with torch.enable_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    """Forward and training FLOPs per image of ``model`` on the batch ``x`` (see FLOP_CONVENTION):
+    one forward pass, then a forward and backward pass, counted by FlopCounterMode. Gradients
+    are cleared afterwards; nothing is stepped."""
+    with torch.no_grad(), _flop_counter() as forward:
+        model(x)
+    with torch.enable_grad(), _flop_counter() as train:
+        model(x).float().sum().backward()
+    model.zero_grad(set_to_none=True)
     b = x.shape[0]
-    layers = {name: {k: v / b for k, v in entry.items()} for name, entry in per_layer.items()}
-    return {
-        "forward": sum(e["forward"] for e in layers.values()),
-        "train": sum(e["train"] for e in layers.values()),
-        "by_layer": layers,
-    }
+    layers = {name: {"forward": flops / b} for name, flops in _by_layer(forward.get_flop_counts()).items()}
+    return {"forward": forward.get_total_flops() / b, "train": train.get_total_flops() / b, "by_layer": layers}
 
 
 # ---------------------------------------------------------------------------- timing
@@ -225,97 +230,91 @@ def _augment(pipeline, x: torch.Tensor, generator) -> torch.Tensor:
 
 
 class VariantBench:
-    """One variant built as training builds it, warmed up, with its step ready to be timed."""
+    """One variant built as training builds it, warmed up, with its step, its pipeline, its
+    augmentations and its training loop ready to be timed chunk by chunk."""
 
-    def __init__(self, variant, registry, data, device: torch.device, steps: int, console=None):
-        cfg = variant.config
-        train_cfg = cfg["train"]
-        self.name = variant.name
-        self.console = console
-        self.precision = train_cfg["precision"]
+    def __init__(self, variant, registry, data, device: torch.device, console=None):
+        cfg, train_cfg = variant.config, variant.config["train"]
+        self.name, self.precision = variant.name, train_cfg["precision"]
         seed = train_cfg["seeds"][0]
         memory = Memory(device)
         gc.collect()
         memory.reset()
-
         seed_everything(seed)
         built = build_for_training(cfg, data, registry, device)
-        model = built.module
+        self.plan, model = built.plan, built.module
         self.device = built.placement.input_device(device)
-        pipeline = build_pipeline(variant, data, built, registry, self.device)
-        optimizer = registry.create("optimizer", train_cfg["optimizer"], model.parameters(), key="train.optimizer")
-        scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.pipeline = build_pipeline(variant, data, built, registry, self.device)
+        self.optimizer = registry.create("optimizer", train_cfg["optimizer"], model.parameters(), key="train.optimizer")
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.notes = []
-        if built.placement.distributed:
-            train_model = model  # DDP needs torchrun: one process measures one replica's step
-            self.notes.append("measured in one process, without DDP")
-        else:
-            train_model = built.placement.wrap_for_training(model, device)
-        if train_cfg["compile"]:
-            train_model = torch.compile(train_model)
-        self.batch_size = batch_size = min(train_cfg["batch_size"], pipeline.train_size)
+        self.train_model = self._training_module(built, device, train_cfg["compile"])
+        self.batch_size = min(train_cfg["batch_size"], self.pipeline.train_size)
         self.parameters = sum(p.numel() for p in model.parameters())
-        self.plan = built.plan
-
-        batches = _batches(pipeline, seed, batch_size, self.device)
-        x, y = next(batches)  # the fixed, pre-made batch of the step timing
-        self.flops = count_flops(model, x[: min(2, len(x))])
+        self.batches = _batches(self.pipeline, seed, self.batch_size, self.device)
+        self.x, self.y = next(self.batches)  # the fixed, pre-made batch of the step timing
+        self.flops = count_flops(model, self.x[: min(2, len(self.x))])
         model.train()
-
-        def step():
-            train_step(train_model, optimizer, x, y, self.precision, scaler)
-
-        self.step = step
         if console is not None:
-            console.print(f"bench {escape(self.name)}: {self.plan.geometry} {self.plan.input_size} px, batch {batch_size}, "
+            console.print(f"bench {escape(self.name)}: {self.plan.geometry} {self.plan.input_size} px, batch {self.batch_size}, "
                           f"{self.flops['train'] / 1e9:.3f} GFLOP/image (train); warming up")
         for _ in range(WARMUP_STEPS_COMPILED if train_cfg["compile"] else WARMUP_STEPS):
-            step()
+            self.step()
         synchronize(self.device)
-        self.peak_memory_mb = memory.peak_mb()
-        self.memory_note = memory.note
-
-        # The data pipeline alone: the batches the training loop would draw next, and the train
-        # augmentations alone on a preprocessed batch. Timed in chunks beside the step's chunks.
-        next(batches)
-        self.next_batch = lambda: next(batches)
-
-        def loop():  # what the training loop does: the next batch, then a step on it
-            xb, yb = next(batches)
-            train_step(train_model, optimizer, xb, yb, self.precision, scaler)
-
-        self.loop = loop
-        self.augment = None
-        if isinstance(data, InMemoryData):  # streaming data: augmentation happens inside the loader's batches
-            generator = augmentation_generator(self.device, seed, 1)
-            raw = pipeline.preprocess.apply(data.train_images[:batch_size].to(self.device).float())
-            self.augment = lambda: _augment(pipeline, raw, generator)
+        self.peak_memory_mb, self.memory_note = memory.peak_mb(), memory.note
+        next(self.batches)
+        # The train augmentations alone, on a preprocessed batch (streaming data: augmentation
+        # happens inside the loader's batches, so only the whole pipeline is timed).
+        self.raw = None
+        if isinstance(data, InMemoryData):
+            self.augment_generator = augmentation_generator(self.device, seed, 1)
+            self.raw = self.pipeline.preprocess.apply(data.train_images[: self.batch_size].to(self.device).float())
             self.augment()
-        self.step_times: list[float] = []
-        self.data_times: list[float] = []
-        self.augment_times: list[float] = []
-        self.loop_times: list[float] = []
+        self.times: dict[str, list[float]] = {"step": [], "data": [], "augment": [], "loop": []}
+
+    def _training_module(self, built, device, compile_it: bool):
+        if built.placement.distributed:
+            self.notes.append("measured in one process, without DDP")  # DDP needs torchrun: one replica's step
+            module = built.module
+        else:
+            module = built.placement.wrap_for_training(built.module, device)
+        return torch.compile(module) if compile_it else module
+
+    def step(self) -> None:
+        """The training step alone, on the fixed batch."""
+        train_step(self.train_model, self.optimizer, self.x, self.y, self.precision, self.scaler)
+
+    def next_batch(self):
+        """The data pipeline alone: the batch the training loop would draw next."""
+        return next(self.batches)
+
+    def augment(self):
+        return _augment(self.pipeline, self.raw, self.augment_generator)
+
+    def loop(self) -> None:
+        """What the training loop does: the next batch, then a step on it."""
+        xb, yb = next(self.batches)
+        train_step(self.train_model, self.optimizer, xb, yb, self.precision, self.scaler)
 
     def time_chunk(self, size: int) -> None:
         """One chunk of ``size`` training steps, then as many pipeline batches and augmentations,
         then as many iterations of the training loop (batch, then step)."""
-        self.step_times.append(_time_chunk(self.step, size, self.device))
-        self.data_times.append(_time_chunk(self.next_batch, size, self.device))
-        if self.augment is not None:
-            self.augment_times.append(_time_chunk(self.augment, size, self.device))
-        self.loop_times.append(_time_chunk(self.loop, size, self.device))
+        self.times["step"].append(_time_chunk(self.step, size, self.device))
+        self.times["data"].append(_time_chunk(self.next_batch, size, self.device))
+        if self.raw is not None:
+            self.times["augment"].append(_time_chunk(self.augment, size, self.device))
+        self.times["loop"].append(_time_chunk(self.loop, size, self.device))
 
     def close(self) -> None:
-        self.step = self.next_batch = self.augment = self.loop = None
+        """Free the model, its optimizer state and the batches; the timings stay."""
+        self.train_model = self.optimizer = self.batches = self.x = self.y = self.raw = self.pipeline = None
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
     def record(self, peak_gflops: float) -> dict:
-        step_s = min(self.step_times)
-        data_s = min(self.data_times)
-        augment_s = min(self.augment_times) if self.augment_times else None
-        loop_s = min(self.loop_times)
+        step_s, data_s, loop_s = min(self.times["step"]), min(self.times["data"]), min(self.times["loop"])
+        augment_s = min(self.times["augment"]) if self.times["augment"] else None
         images_per_s = self.batch_size / step_s
         achieved = self.flops["train"] * images_per_s / 1e9
         return {
@@ -325,7 +324,7 @@ class VariantBench:
             "precision": self.precision,
             "train_images_per_s": images_per_s,
             "step_ms": 1e3 * step_s,
-            "step_ms_median": 1e3 * sorted(self.step_times)[len(self.step_times) // 2],
+            "step_ms_median": 1e3 * sorted(self.times["step"])[len(self.times["step"]) // 2],
             "data_images_per_s": self.batch_size / data_s,
             "data_ms": 1e3 * data_s,
             "augment_ms": None if augment_s is None else 1e3 * augment_s,
@@ -345,6 +344,43 @@ class VariantBench:
         }
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Peaks:
+    """This machine's best FLOP rate per precision and kind (matmul, 3x3 convolution), measured
+    at the start, between chunks and at the end: the best of all counts (a busy moment during
+    one measurement must not inflate every utilisation), and the start against the end says
+    whether something else was running."""
+
+    def __init__(self, device: torch.device, precisions: list[str]):
+        self.device, self.precisions = device, precisions
+        self.first = {p: measure_peak_gflops(device, DTYPES[p]) for p in precisions}
+        self.best = {p: dict(m) for p, m in self.first.items()}
+        self.last: dict[str, dict[str, float]] = {}
+
+    def _take(self, p: str, measured: dict) -> None:
+        self.best[p] = {kind: max(value, measured[kind]) for kind, value in self.best[p].items()}
+
+    def probe(self) -> None:
+        """A short measurement between chunks."""
+        for p in self.precisions:
+            self._take(p, measure_peak_gflops(self.device, DTYPES[p], reps=2))
+
+    def finish(self) -> None:
+        for p in self.precisions:
+            self.last[p] = measure_peak_gflops(self.device, DTYPES[p])
+            self._take(p, self.last[p])
+
+    def peak(self, precision: str) -> float:
+        return max(self.best[precision].values())
+
+    def drift(self) -> float:
+        """The peak at the start against the end, either way (1: steady)."""
+        ratios = [max(self.first[p].values()) / max(self.last[p].values()) for p in self.precisions]
+        return max(max(r, 1 / r) for r in ratios)
+
+
 def bench_experiment(experiment, registry, data: dict, device, steps: int = 20, console=None) -> dict:
     """Benchmark every variant of ``experiment`` (``data``: variant name -> its dataset, from
     ``load_dataset``). Returns the JSON document of `testbed bench --json`.
@@ -359,92 +395,88 @@ def bench_experiment(experiment, registry, data: dict, device, steps: int = 20, 
     if steps < 1:
         raise BadInput(f"--steps {steps}: expected at least 1")
     precisions = sorted({v.config["train"]["precision"] for v in experiment.variants})
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if console is not None:
         console.print(f"bench: measuring the peak ({'/'.join(precisions)} matmul and convolution on {device}, {torch.get_num_threads()} threads)")
-    # Measured now, between the chunks and again at the end (the best counts), so that a busy
-    # moment during one measurement does not inflate every utilisation.
-    measured = {p: measure_peak_gflops(device, dtypes[p]) for p in precisions}
-    first_measured = {p: dict(m) for p, m in measured.items()}
-    peaks = {p: max(m.values()) for p, m in measured.items()}
-
-    def probe_peaks():  # a few more peak measurements between chunks: the best of all counts
-        for p in precisions:
-            probe = measure_peak_gflops(device, dtypes[p], reps=2)
-            measured[p] = {k: max(v, probe[k]) for k, v in measured[p].items()}
-            peaks[p] = max(measured[p].values())
-
+    peaks = Peaks(device, precisions)
     sizes = _chunk_sizes(steps)
     interleaved = sum(_state_bytes(v, registry, data[v.name]) for v in experiment.variants) <= KEEP_BYTES
-    kept: list[VariantBench] = []
-    records: dict[str, dict] = {}
-    for v in experiment.variants:
-        vb = VariantBench(v, registry, data[v.name], device, steps, console)
-        memory_note = vb.memory_note
-        if interleaved:
-            kept.append(vb)
-            continue
-        for n in sizes:
-            vb.time_chunk(n)
-        probe_peaks()
-        records[vb.name] = vb.record(peaks[vb.precision])
-        vb.close()
+    benches = [VariantBench(v, registry, data[v.name], device, console) for v in experiment.variants] if interleaved else []
+    timed = _time_interleaved(benches, sizes, peaks) if interleaved else _time_one_by_one(experiment, registry, data, device, sizes, peaks, console)
+    peaks.finish()
+    records = {}
+    for vb in timed:
+        records[vb.name] = vb.record(peaks.peak(vb.precision))
         _report(console, records[vb.name])
-        del vb
-    for r, n in enumerate(sizes):
-        for vb in kept if r % 2 == 0 else reversed(kept):
-            vb.time_chunk(n)
-        if kept:
-            probe_peaks()
-    for vb in kept:
-        vb.close()  # frees the batch and the model's state; the timings stay
-    again_measured = {}
-    for p in precisions:
-        again = again_measured[p] = measure_peak_gflops(device, dtypes[p])
-        measured[p] = {k: max(v, again[k]) for k, v in measured[p].items()}
-        peaks[p] = max(measured[p].values())
-    for vb in kept:
-        records[vb.name] = vb.record(peaks[vb.precision])
-        _report(console, records[vb.name])
-    for r in records.values():
-        r["utilisation"] = r["achieved_gflops"] / peaks[r["precision"]]
     variants = [records[v.name] for v in experiment.variants]
     base = records.get("baseline", variants[0])
     for r in variants:
         r["step_time_vs_baseline"] = r["step_ms"] / base["step_ms"]
-    cores = physical_cores()
-    threads = torch.get_num_threads()
+    doc = _document(experiment, device, steps, sizes, interleaved, peaks, variants, timed)
+    _warn_if_noisy(doc, device, console)
+    return doc
+
+
+def _time_interleaved(benches: list[VariantBench], sizes: list[int], peaks: Peaks) -> list[VariantBench]:
+    """Chunk by chunk, every variant in turn (alternating the order), a peak probe between rounds."""
+    for r, n in enumerate(sizes):
+        for vb in benches if r % 2 == 0 else reversed(benches):
+            vb.time_chunk(n)
+        peaks.probe()
+    for vb in benches:
+        vb.close()
+    return benches
+
+
+def _time_one_by_one(experiment, registry, data, device, sizes, peaks: Peaks, console) -> list[VariantBench]:
+    """Variants too large to keep alive together: each built, timed and freed before the next."""
+    out = []
+    for v in experiment.variants:
+        vb = VariantBench(v, registry, data[v.name], device, console)
+        for n in sizes:
+            vb.time_chunk(n)
+        peaks.probe()
+        vb.close()
+        out.append(vb)
+    return out
+
+
+def _document(experiment, device, steps, sizes, interleaved, peaks: Peaks, variants, timed) -> dict:
     timing = (f"{steps} timed steps per variant after {WARMUP_STEPS} warm-up steps, on one fixed batch already on the device, "
               f"in {len(sizes)} chunks of which the fastest counts; the pipeline and the augmentations timed the same way, "
               f"chunk beside chunk; " + ("chunks interleaved across variants" if interleaved else "variants timed one after another"))
-    doc = {
+    by_precision = {p: peaks.peak(p) for p in peaks.precisions}
+    memory = timed[-1].memory_note + ("; the variants built before it stay alive (their steps are timed interleaved)" if interleaved and len(timed) > 1 else "")
+    return {
         "experiment": experiment.name,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()),
         "torch": torch.__version__,
-        "threads": threads,
-        "physical_cores": cores,
+        "threads": torch.get_num_threads(),
+        "physical_cores": physical_cores(),
         "steps": steps,
-        "peak_gflops": peaks.get("fp32", next(iter(peaks.values()))),
-        "peak_gflops_by_precision": peaks,
-        "peak_measurements_gflops": measured,
+        "peak_gflops": by_precision.get("fp32", next(iter(by_precision.values()))),
+        "peak_gflops_by_precision": by_precision,
+        "peak_measurements_gflops": peaks.best,
         "flop_convention": FLOP_CONVENTION,
         "timing": timing,
         "interleaved": interleaved,
-        "memory": memory_note + ("; the variants built before it stay alive (their steps are timed interleaved)" if len(kept) > 1 else ""),
+        "memory": memory,
         "variants": variants,
+        "noise": {
+            "step_spread_max": max(r["step_ms_median"] / r["step_ms"] for r in variants),  # median chunk / fastest chunk
+            "peak_drift_max": peaks.drift(),
+        },
     }
-    drift = [max(first_measured[p].values()) / max(again_measured[p].values()) for p in precisions]
-    doc["noise"] = {
-        "step_spread_max": max(r["step_ms_median"] / r["step_ms"] for r in variants),  # median chunk / fastest chunk
-        "peak_drift_max": max(max(d, 1 / d) for d in drift),  # peak at the start vs at the end, either way
-    }
-    if console is not None and max(doc["noise"].values()) > NOISY:
+
+
+def _warn_if_noisy(doc: dict, device, console) -> None:
+    if console is None:
+        return
+    if max(doc["noise"].values()) > NOISY:
         console.print(f"[yellow]bench: timings varied by more than {100 * (NOISY - 1):.0f}% between chunks or between the peak "
                       f"measurements: something else was running; compare ratios only from a quiet rerun[/yellow]")
-    if device.type == "cpu" and threads != cores and console is not None:
-        console.print(f"[yellow]bench: torch uses {threads} threads on {cores} physical cores[/yellow]")
-    return doc
+    if device.type == "cpu" and doc["threads"] != doc["physical_cores"]:
+        console.print(f"[yellow]bench: torch uses {doc['threads']} threads on {doc['physical_cores']} physical cores[/yellow]")
 
 
 def _state_bytes(variant, registry, data) -> int:

@@ -74,6 +74,31 @@ def _load(file: str, sets: tuple[str, ...]):
     return load_experiment(file, registry, parse_set(list(sets))), registry
 
 
+def executor_options(fn):
+    """--executor, --workers, --scheduler, --threads-per-worker: where the grid's jobs run."""
+    options = [
+        click.option("--executor", metavar="NAME", help="Where jobs run: serial (the default), dask, or a plugin's; "
+                                                        "--workers or --scheduler imply dask."),
+        click.option("--workers", type=int, metavar="N", help="Start a local Dask cluster of N worker processes, one job each at a time."),
+        click.option("--scheduler", envvar="TESTBED_SCHEDULER", metavar="ADDRESS",
+                     help="Run on an existing Dask cluster, e.g. tcp://HOST:8786 (default: $TESTBED_SCHEDULER)."),
+        click.option("--threads-per-worker", "threads", type=int, metavar="T",
+                     help="torch threads per job under dask (default: this process's, as a serial run uses, so the numbers match)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def executor_spec(executor, workers, scheduler, threads) -> dict:
+    """The executor component these options ask for."""
+    spec = {"name": executor or ("dask" if workers is not None or scheduler else "serial")}
+    for key, value in (("workers", workers), ("scheduler", scheduler), ("threads_per_worker", threads)):
+        if value not in (None, ""):
+            spec[key] = value
+    return spec
+
+
 @main.command(epilog=EPILOG)
 @click.argument("file", type=click.Path(dir_okay=True, path_type=str))
 @click.option("--out", "out", type=click.Path(path_type=Path), help="Run directory (default: runs/<experiment>-<timestamp>).")
@@ -84,47 +109,35 @@ def _load(file: str, sets: tuple[str, ...]):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout (progress goes to stderr).")
 @click.option("--force", is_flag=True, help="Replace an existing run in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@executor_options
 @guarded
-def run(file, out, sets, only, seeds, device, as_json, force, quiet):
+def run(file, out, sets, only, seeds, device, as_json, force, quiet, executor, workers, scheduler, threads):
     """Train every variant x seed of FILE and print the side-by-side table.
 
     A crash or Ctrl-C leaves a run directory that `testbed resume DIR` continues."""
     from testbed import runner
+    from testbed.rundir import default_run_dir, prepare_run_dir
 
     experiment, registry = _load(file, sets)
     experiment = runner.select(experiment, list(only), seeds)
+    options = runner.RunOptions(device, as_json, quiet, executor_spec(executor, workers, scheduler, threads))
     dist = runner.distributed_from_env(experiment, registry)
+    runner.check_executor(options.executor, registry, dist)
     runner.validate(experiment, registry)
     device_obj = runner.resolve_device(device, dist)
     runner.init_process_group(experiment, registry, dist, device_obj)
-    run_dir = out if out is not None else runner.default_run_dir(experiment)
-    if dist.active:
-        run_dir = Path(runner._broadcast(str(run_dir), dist))
+    run_dir = Path(dist.broadcast(str(out if out is not None else default_run_dir(experiment))))
     if dist.rank == 0:
-        runner.prepare_run_dir(run_dir, experiment, force)
-    if dist.active:
-        torch_barrier()
-    outcome = runner.execute(experiment, run_dir, registry, runner.RunOptions(device, as_json, quiet), dist)
+        prepare_run_dir(run_dir, experiment, force)
+    dist.barrier()
+    outcome = runner.execute(experiment, run_dir, registry, options, dist)
     _finish(outcome, run_dir, as_json, dist.rank)
 
 
-def torch_barrier():
-    import torch
-
-    torch.distributed.barrier()
-
-
-def _leave_process_group():
-    """Every rank waits for rank 0's summary, then the group is torn down cleanly (no abort at exit)."""
-    import torch
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
 def _finish(outcome, run_dir: Path, as_json: bool, rank: int = 0):
-    _leave_process_group()
+    from testbed.distributed import leave_process_group
+
+    leave_process_group()  # every rank waits for rank 0's summary
     if rank != 0:
         sys.exit(outcome.exit_code)
     from testbed.report import render, table_console
@@ -144,10 +157,11 @@ def _finish(outcome, run_dir: Path, as_json: bool, rank: int = 0):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@executor_options
 @guarded
-def resume(run_dir, device, as_json, quiet):
+def resume(run_dir, device, as_json, quiet, executor, workers, scheduler, threads):
     """Continue an interrupted run: unfinished jobs restart from their last checkpoint,
-    finished ones are skipped."""
+    finished ones are skipped. It may run where the first run did not (--workers, --scheduler)."""
     from testbed import runner
     from testbed.results import Store
 
@@ -155,11 +169,13 @@ def resume(run_dir, device, as_json, quiet):
     experiment = store.experiment()
     store.close()
     registry = _registry()
+    options = runner.RunOptions(device, as_json, quiet, executor_spec(executor, workers, scheduler, threads))
     dist = runner.distributed_from_env(experiment, registry)
+    runner.check_executor(options.executor, registry, dist)
     runner.validate(experiment, registry)
     device_obj = runner.resolve_device(device, dist)
     runner.init_process_group(experiment, registry, dist, device_obj)
-    outcome = runner.execute(experiment, run_dir, registry, runner.RunOptions(device, as_json, quiet), dist)
+    outcome = runner.execute(experiment, run_dir, registry, options, dist)
     _finish(outcome, run_dir, as_json, dist.rank)
 
 
@@ -189,7 +205,7 @@ def show(file, sets, as_json):
 def report(run_dir, other, as_json, plots):
     """The results table of a run again, from its store (optionally beside a second run)."""
     if plots:
-        from testbed.runner import redraw_plots
+        from testbed.plots import redraw_plots
 
         for path in redraw_plots(run_dir, _registry(), err_console()):
             click.echo(f"drew {path}", err=True)
@@ -268,6 +284,7 @@ def bench(file, sets, only, device, steps, as_json):
     3x3 convolution, same threads)."""
     from testbed import runner
     from testbed.bench import bench_experiment, render_bench
+    from testbed.distributed import Dist
 
     experiment, registry = _load(file, sets)
     experiment = runner.select(experiment, list(only), None)
@@ -275,7 +292,7 @@ def bench(file, sets, only, device, steps, as_json):
 
     runner.validate(experiment, registry)
     data = {v.name: load_dataset(v.config["data"], registry) for v in experiment.variants}  # cached by validate
-    doc = bench_experiment(experiment, registry, data, runner.resolve_device(device, runner.Dist()), steps, err_console())
+    doc = bench_experiment(experiment, registry, data, runner.resolve_device(device, Dist()), steps, err_console())
     if as_json:
         emit_json(doc)
     else:

@@ -335,13 +335,25 @@ def augmentation_generator(device, seed: int, epoch: int, rank: int = 0) -> torc
     return gen
 
 
+# Datasets already loaded by this process, by their [data] table (preprocess aside). Safe as
+# module state because a dataset is a function of its [data] table alone (the dataset plugin
+# contract: "the same table must give the same data every time"), so validation, every job of
+# a serial run and every job a Dask worker process runs share one copy. clear_datasets() empties
+# it (tests that rewrite a data folder between runs in one process).
 _LOADED: dict[str, object] = {}
 
 
-def load_dataset(data_cfg: dict, registry) -> InMemoryData | StreamingData:
-    """The dataset a [data] table describes, subset and resized; loaded once per process."""
+def clear_datasets() -> None:
+    _LOADED.clear()
+
+
+def load_dataset(data_cfg: dict, registry, seed: int | None = None) -> InMemoryData | StreamingData:
+    """The dataset a [data] table describes, subset and resized; loaded once per process.
+    ``seed``: the data seed of a job whose seed varies the subset (default: ``data.seed``)."""
     import json
 
+    if seed is not None:
+        data_cfg = {**data_cfg, "seed": seed}
     key = json.dumps({k: v for k, v in data_cfg.items() if k != "preprocess"}, sort_keys=True)
     if key in _LOADED:
         return _LOADED[key]

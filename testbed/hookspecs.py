@@ -65,6 +65,12 @@ def register_optimizers(register):
 
 
 @hookspec
+def register_executors(register):
+    """Where a grid's jobs run. Factory: ``f(**params) -> Executor`` (``testbed.runner.Executor``:
+    ``run(jobs, driver, stop, dist) -> bool``, True when stopped early). Chosen by ``--executor``."""
+
+
+@hookspec
 def register_schedules(register):
     """Learning-rate schedules. Factory: ``f(optimizer, epochs: int, **params) -> Schedule``
     (``.step(epoch_metrics)`` once per epoch; ``state_dict``/``load_state_dict``)."""

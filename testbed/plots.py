@@ -142,3 +142,51 @@ def figure1(epochs: list[dict], experiment, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------------------- from a run directory
+
+
+def make_learning_curves(store, run_dir: Path, experiment) -> None:
+    """The run's learning curves (and Figure 1 for a [compare] experiment) from its store."""
+    epochs = store.epochs()
+    if not epochs:
+        return
+    target = experiment.baseline.config["train"]["target_train_error"]
+    learning_curves(epochs, [v.name for v in experiment.variants], target, run_dir / "plots" / "learning-curves.png",
+                    f"{experiment.name}: training error (mean over seeds)")
+    if experiment.compare:
+        figure1(epochs, experiment, run_dir / "plots" / "figure1.png")
+
+
+def redraw_plots(run_dir: Path, registry, console) -> list[Path]:
+    """Draw a run's plots again from its store and its checkpoints (`testbed report DIR --plots`)."""
+    from testbed.checkpoint import load
+    from testbed.describe import data_shape
+    from testbed.model import build_model
+    from testbed.results import Store
+    from testbed.rundir import checkpoint_path
+
+    store = Store.open_run(run_dir)
+    try:
+        experiment = store.experiment()
+        make_learning_curves(store, run_dir, experiment)
+    finally:
+        store.close()
+    drawn = sorted((run_dir / "plots").glob("*.png"))
+    for v in experiment.variants:
+        ckpt = checkpoint_path(run_dir, v.name, v.config["train"]["seeds"][0])
+        if not ckpt.exists():
+            continue
+        try:
+            state = load(ckpt)
+            size, classes = data_shape(v.config["data"], registry)
+            built = build_model(v.config["model"], classes, size, registry, "cpu")
+            built.module.load_state_dict(state["model"])
+        except Exception as exc:  # e.g. towers on GPUs this machine does not have: skip that picture
+            console.print(f"[yellow]conv1 plot for {v.name} skipped: {exc}[/yellow]")
+            continue
+        path = run_dir / "plots" / f"conv1-{v.name}.png"
+        conv1_kernels(built.module, built.plan.towers, path, f"{v.name}: conv1 kernels (seed {state['seed']})")
+        drawn.append(path)
+    return sorted(set(drawn))

@@ -48,6 +48,7 @@ BUILTIN_MODULES = (
     "testbed_builtins.placements",
     "testbed_builtins.optimizers",
     "testbed_builtins.schedules",
+    "testbed_builtins.executors",
 )
 
 # hook name -> registry kind
@@ -62,6 +63,7 @@ HOOK_KINDS = {
     "register_placements": "placement",
     "register_optimizers": "optimizer",
     "register_schedules": "schedule",
+    "register_executors": "executor",
 }
 assert sorted(HOOK_KINDS.values()) == sorted(KINDS)
 

@@ -30,6 +30,7 @@ KINDS = (
     "placement",
     "optimizer",
     "schedule",
+    "executor",
 )
 
 

@@ -12,9 +12,8 @@ from pathlib import Path
 
 from testbed.errors import BadInput
 from testbed.experiment import Experiment
+from testbed.rundir import EXPERIMENT_NAME, STORE_NAME
 
-STORE_NAME = "results.sqlite"
-EXPERIMENT_NAME = "experiment.json"
 METRICS = ("top1_error", "top5_error", "train_error", "train_loss", "epochs_to_target", "time_to_target_s", "train_images_per_s")
 DELTA_METRICS = ("top1_error", "top5_error", "train_error")
 FINISHED = ("ok", "diverged")  # resume skips these; failed and interrupted jobs run again

@@ -1,31 +1,31 @@
-"""The grid: every variant x every seed, baseline first; resume, failure isolation, progress."""
+"""The grid: every variant x every seed, baseline first, run by an executor into a run directory.
+
+The process that calls ``execute`` is the driver: it owns the results store (the only writer
+of the SQLite file), the live display and the final table, and hears of every job through
+``Driver`` (a ``JobEvents``). An executor (a component kind: ``serial`` runs the jobs one after
+another in this process, ``dask`` on a Dask cluster) decides where jobs run: see ``Executor``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
 import os
-import platform
-import shutil
-import signal
-import sys
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from testbed import __version__, plugins
+from testbed import distributed
+from testbed.assembly import check_job
 from testbed.data import load_dataset
+from testbed.display import Display
+from testbed.distributed import Dist
 from testbed.errors import BadInput
-from testbed.experiment import Experiment, Variant
-from testbed.results import EXPERIMENT_NAME, FINISHED, Store, summarize
-from testbed.train import Diverged, Dist, Interrupted, JobContext, StopFlag, check_job, component_records, load_checkpoint, run_job
-
-RUN_MARKER = "run.json"
+from testbed.experiment import Experiment
+from testbed.jobs import JobEvents, JobOutcome, JobSpec
+from testbed.results import FINISHED, Store, summarize
+from testbed.signals import StopSignals
+from testbed.train import StopFlag
 
 
 @dataclass
@@ -33,6 +33,7 @@ class RunOptions:
     device: str = "auto"
     json: bool = False
     quiet: bool = False
+    executor: dict = dataclasses.field(default_factory=lambda: {"name": "serial"})  # a component spec
 
 
 @dataclass
@@ -40,6 +41,9 @@ class Outcome:
     doc: dict
     exit_code: int
     interrupted: bool = False
+
+
+# ---------------------------------------------------------------------------- before the grid
 
 
 def resolve_device(name: str, dist: Dist) -> torch.device:
@@ -78,32 +82,11 @@ def placements(experiment: Experiment, registry) -> dict:
 
 
 def distributed_from_env(experiment: Experiment, registry) -> Dist:
-    """torchrun sets WORLD_SIZE/RANK. Data-parallel variants need them; and under torchrun every
-    variant must be data-parallel, since every process runs every job in step with the others."""
-    placed = placements(experiment, registry)
-    distributed = [name for name, p in placed.items() if p.distributed]
-    if distributed and "RANK" not in os.environ:
-        raise BadInput(
-            f"{experiment.path}: variant '{distributed[0]}' uses placement 'data-parallel', which runs one process per device: "
-            f"launch it with torchrun, e.g. `torchrun --standalone --nproc_per_node=2 -m testbed run {experiment.path}`"
-        )
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    others = [name for name, p in placed.items() if not p.distributed]
-    if world > 1 and others:
-        raise BadInput(
-            f"{experiment.path}: variant '{others[0]}' is not data-parallel, but this is a torchrun launch of {world} processes; "
-            f"run it without torchrun, or leave it out with --only, or give it model.placement = \"data-parallel\""
-        )
-    return Dist(int(os.environ.get("RANK", "0")), world)
+    return distributed.from_env(placements(experiment, registry), experiment.path)
 
 
 def init_process_group(experiment: Experiment, registry, dist: Dist, device: torch.device) -> None:
-    if not dist.active or torch.distributed.is_initialized():
-        return
-    backends = {p.process_group_backend(device) for p in placements(experiment, registry).values()}
-    backend = backends.pop() if len(backends) == 1 else ("nccl" if device.type == "cuda" else "gloo")
-    options = {"device_id": device} if device.type == "cuda" else {}
-    torch.distributed.init_process_group(backend, timeout=datetime.timedelta(hours=2), **options)
+    distributed.init_process_group(placements(experiment, registry), dist, device)
 
 
 def validate(experiment: Experiment, registry) -> None:
@@ -120,296 +103,114 @@ def validate(experiment: Experiment, registry) -> None:
             continue
 
 
-def default_run_dir(experiment: Experiment) -> Path:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{experiment.name}-{stamp}"
+def check_executor(spec: dict, registry, dist: Dist) -> None:
+    """The --executor options, refused before any work if wrong (an unknown executor, a bad value,
+    a parallel executor under torchrun)."""
+    executor = registry.create("executor", spec, key="--executor")
+    if executor.parallel and dist.active:
+        raise BadInput(f"--executor {spec['name']}: a grid of DDP jobs is not supported; under torchrun the grid runs "
+                       f"serially (every process trains every job together), so leave out --workers / --scheduler")
 
 
-def prepare_run_dir(run_dir: Path, experiment: Experiment, force: bool) -> None:
-    try:
-        _prepare_run_dir(run_dir, experiment, force)
-    except OSError as exc:  # a file in the way, no permission, a full disk
-        raise BadInput(f"--out {run_dir}: cannot write the run directory ({exc.strerror or exc})") from None
+def grid(experiment: Experiment, run_dir: Path, device: torch.device) -> list[JobSpec]:
+    """Every job, in the order the table lists them: variant by variant, seed by seed."""
+    jobs = [(v, seed) for v in experiment.variants for seed in v.config["train"]["seeds"]]
+    return [JobSpec(v, seed, str(run_dir), str(device), position) for position, (v, seed) in enumerate(jobs)]
 
 
-def _prepare_run_dir(run_dir: Path, experiment: Experiment, force: bool) -> None:
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        if not run_dir.is_dir():
-            raise BadInput(f"--out {run_dir}: exists and is not a folder")
-        if not force:
-            raise BadInput(f"--out {run_dir}: already holds a run; continue it with `testbed resume {run_dir}`, or pass --force to start over")
-        if not (run_dir / RUN_MARKER).is_file():
-            raise BadInput(f"--out {run_dir}: not empty and not a testbed run; --force only replaces runs, choose another folder")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / EXPERIMENT_NAME).write_text(json.dumps(experiment.to_json(), indent=2))
-    source = Path(experiment.path)
-    if source.is_file():
-        shutil.copyfile(source, run_dir / "experiment.toml")
-    marker = {"testbed": __version__, "created": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv}
-    (run_dir / RUN_MARKER).write_text(json.dumps(marker, indent=2))
+# ---------------------------------------------------------------------------- the driver
 
 
-def checkpoint_path(run_dir: Path, variant: str, seed: int) -> Path:
-    return run_dir / "checkpoints" / variant / f"seed-{seed}.pt"
+class Driver(JobEvents):
+    """What the driver does as jobs report: the store follows every epoch, the display too."""
+
+    def __init__(self, store: Store, display: Display):
+        self.store, self.display = store, display
+
+    def started(self, spec, history, components, environment, steps):
+        name, seed = spec.key
+        # The store's epoch rows follow the checkpoint (they may be ahead of it after a crash,
+        # or belong to a deleted one).
+        self.store.sync_history(name, seed, history)
+        self.store.start_job(name, seed, components, environment)
+        self.display.start_job(name, seed, spec.variant.config["train"]["epochs"], steps, len(history))
+
+    def epoch(self, spec, record):
+        self.store.record_epoch(*spec.key, record)
+        self.display.on_epoch(*spec.key, record)
+
+    def progress(self, spec, progress):
+        self.display.on_progress(*spec.key, progress)
+
+    def finished(self, spec: JobSpec, outcome: JobOutcome) -> None:
+        name, seed = spec.key
+        self.store.finish_job(name, seed, outcome.status, metrics=outcome.metrics, message=outcome.message,
+                              plugin=outcome.plugin, epoch=outcome.epoch, step=outcome.step)
+        shown = outcome.message or ""
+        if outcome.status == "failed" and outcome.plugin and f"[plugin {outcome.plugin}]" not in shown:
+            shown += f" [plugin {outcome.plugin}]"
+        if outcome.history:  # the job's own record of its epochs wins over events that may arrive late
+            self.store.sync_history(name, seed, outcome.history)
+        if outcome.status != "interrupted":
+            self.display.finish_job(name, seed, outcome.status, shown)
+
+    def say(self, markup: str) -> None:
+        self.display.say(markup)
 
 
-def environment(device: torch.device, dist: Dist) -> dict:
-    return {
-        "testbed": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "host": platform.node(),
-        "world_size": dist.world,
-    }
+class Executor:
+    """Where a grid's jobs run: the contract of an executor component.
 
+    ``run(jobs, driver, stop, dist)`` runs every job of ``jobs`` (the unfinished ones, in grid
+    order) and tells ``driver`` what happens, from the driver's own thread: ``started``,
+    ``epoch``, ``progress`` while a job runs (a ``JobEvents``), then ``finished(spec, outcome)``
+    once per job that ran (``jobs.execute_job`` produces both). When ``stop.requested`` turns
+    true (Ctrl-C, SIGTERM) it asks every running job to stop at its next step, waits for their
+    checkpoints, starts nothing new, and returns True; a job never started is simply not
+    reported. It returns False when every job has ended. ``driver`` is None on the DDP ranks
+    other than 0, which run the same jobs in step (only a ``parallel = False`` executor can
+    run under torchrun: ``dist`` describes the processes)."""
 
-class Display:
-    """Live progress on stderr: jobs done, the current job's epochs with ETA, loss and error."""
+    parallel = False  # runs jobs in other processes, several at once (then not under torchrun)
 
-    def __init__(self, enabled: bool, total_jobs: int):
-        self.console = Console(stderr=True)
-        if not self.console.is_terminal:  # a log file or CI: one unwrapped line per event
-            self.console = Console(stderr=True, width=200)
-        self.enabled = enabled
-        self.live = enabled and self.console.is_terminal
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            disable=not self.live,
-        )
-        self.jobs = self.progress.add_task("jobs", total=total_jobs, info="")
-        self.job = None
-        self.last_test = ""
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
-
-    def start_job(self, name: str, seed: int, epochs: int, steps: int, done_epochs: int):
-        if self.job is not None:
-            self.progress.remove_task(self.job)
-        self.last_test = ""
-        self.job = self.progress.add_task(f"{name} seed {seed}", total=epochs * steps, completed=done_epochs * steps, info="")
-        self.steps = steps
-        if self.enabled and not self.live:
-            self.console.print(f"{name} seed {seed}: training {epochs} epochs of {steps} steps")
-
-    def on_progress(self, p):
-        self.progress.update(
-            self.job,
-            completed=(p.epoch - 1) * p.steps + p.step,
-            info=f"epoch {p.epoch}/{p.epochs} loss {p.loss:.3f} err {100 * p.error:.1f}%{self.last_test}",
-        )
-
-    def on_epoch(self, name: str, seed: int, record: dict):
-        self.last_test = f" | test top-1 {100 * record['test_top1']:.1f}%"
-        if self.enabled and not self.live:
-            self.console.print(
-                f"  {name} seed {seed} epoch {record['epoch']}: loss {record['train_loss']:.3f} train err "
-                f"{100 * record['train_error']:.1f}% test top-1 {100 * record['test_top1']:.1f}% "
-                f"({record['images_per_s']:.0f} img/s)"
-            )
-
-    def finish_job(self, name: str, seed: int, status: str, message: str = ""):
-        self.progress.advance(self.jobs)
-        if self.enabled and (status != "ok" or not self.live):
-            self.console.print(f"{name} seed {seed}: {status}{': ' + message if message else ''}")
-
-
-@dataclass
-class _Signals:
-    stop: StopFlag = field(default_factory=StopFlag)
-    previous: dict = field(default_factory=dict)
-
-    def install(self, console: Console, quiet: bool):
-        def handler(signum, _frame):
-            if self.stop.requested and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self.stop.requested = True
-            if not quiet:
-                console.print("[yellow]stopping at the next safe point (a checkpoint is written); Ctrl-C again to abort now[/yellow]")
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self.previous[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
-
-    def restore(self):
-        for sig, old in self.previous.items():
-            signal.signal(sig, old)
+    def run(self, jobs: list[JobSpec], driver: Driver | None, stop: StopFlag, dist: Dist) -> bool:
+        raise NotImplementedError
 
 
 def execute(experiment: Experiment, run_dir: Path, registry, options: RunOptions, dist: Dist) -> Outcome:
-    """Run every unfinished job of the experiment into run_dir; return the summary and exit code."""
+    """Run every unfinished job of the experiment into run_dir with the options' executor;
+    return the summary and the exit code."""
+    executor = registry.create("executor", options.executor, key="--executor")
     rank0 = dist.rank == 0
     device = resolve_device(options.device, dist)
     store = Store(run_dir / "results.sqlite") if rank0 else None
-    jobs = [(v, seed) for v in experiment.variants for seed in v.config["train"]["seeds"]]
+    jobs = grid(experiment, run_dir, device)
     if rank0:
-        for position, (v, seed) in enumerate(jobs):
-            store.add_job(v.name, seed, position)
-    display = Display(rank0 and not options.quiet, len(jobs))
-    signals = _Signals()
-    signals.install(display.console, options.quiet or not rank0)
-    interrupted = False
+        for spec in jobs:
+            store.add_job(*spec.key, spec.position)
+    left = [spec.key for spec in jobs if store.job_status(*spec.key) not in FINISHED] if rank0 else None
+    left = set(dist.broadcast(left))
+    pending = [spec for spec in jobs if spec.key in left]
+    display = Display(rank0 and not options.quiet, len(jobs), len(jobs) - len(pending))
+    signals = StopSignals()
+    signals.install(display.say if rank0 and not options.quiet else (lambda markup: None))
     try:
         with display:
-            for v, seed in jobs:
-                status = store.job_status(v.name, seed) if rank0 else None
-                stop = signals.stop.requested
-                if dist.active:  # rank 0 decides for every process, so all run the same jobs
-                    status, stop = _broadcast((status, stop), dist)
-                if status in FINISHED:
-                    display.progress.advance(display.jobs)
-                    continue
-                if stop:
-                    interrupted = True
-                    break
-                try:
-                    run_one(v, seed, registry, device, run_dir, store, display, signals.stop, dist)
-                except Interrupted:
-                    interrupted = True
-                    break
+            interrupted = executor.run(pending, Driver(store, display) if rank0 else None, signals.stop, dist)
+    except KeyboardInterrupt:  # a second Ctrl-C between two jobs
+        interrupted = True
     finally:
         signals.restore()
     if not rank0:
         return Outcome({}, 0, interrupted)
     doc = summarize(store, run_dir)
     try:
+        from testbed.plots import make_learning_curves
+
         make_learning_curves(store, run_dir, experiment)
     except Exception as exc:  # a plot must never cost the results
-        display.console.print(f"[yellow]learning-curve plot failed: {exc}[/yellow]")
+        display.say(f"[yellow]learning-curve plot failed: {exc}[/yellow]")
     store.close()
     if interrupted:
         return Outcome(doc, 130, True)
     return Outcome(doc, 0 if doc["status"] == "ok" else 1)
-
-
-def _broadcast(value, dist: Dist):
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def run_one(v: Variant, seed: int, registry, device, run_dir: Path, store, display: Display, stop: StopFlag, dist: Dist) -> None:
-    rank0 = store is not None
-    ckpt = checkpoint_path(run_dir, v.name, seed)
-    done = 0
-    if rank0:
-        # The store's epoch rows follow the checkpoint (they may be ahead of it after a crash,
-        # or belong to a deleted one).
-        history = load_checkpoint(ckpt)["history"] if ckpt.exists() else []
-        store.sync_history(v.name, seed, history)
-        done = len(history)
-        store.start_job(v.name, seed, component_records(v.config, registry), environment(device, dist))
-
-    def on_epoch(record):
-        if rank0:
-            store.record_epoch(v.name, seed, record)
-            display.on_epoch(v.name, seed, record)
-
-    try:
-        data = load_dataset(v.config["data"], registry)  # loaded (and cached) by validate()
-        if rank0:
-            steps = max(1, len(data) // v.config["train"]["batch_size"])
-            display.start_job(v.name, seed, v.config["train"]["epochs"], steps, done)
-        ctx = JobContext(v, seed, data, registry, device, ckpt, on_epoch=on_epoch,
-                         on_progress=display.on_progress if rank0 else (lambda p: None), stop=stop, dist=dist)
-        result = run_job(ctx)
-    except Interrupted:
-        if rank0:
-            store.finish_job(v.name, seed, "interrupted", message="stopped by the user; resume to continue")
-        raise
-    except Diverged as exc:
-        if rank0:
-            store.finish_job(v.name, seed, "diverged", message=str(exc), epoch=exc.epoch, step=exc.step)
-            display.finish_job(v.name, seed, "diverged", str(exc))
-        return
-    except KeyboardInterrupt:  # a second Ctrl-C: no safe point, the last epoch-end checkpoint stands
-        if rank0:
-            store.finish_job(v.name, seed, "interrupted", message="aborted; resume restarts it from its last checkpoint")
-        raise Interrupted() from None
-    except BadInput as exc:
-        if rank0:
-            store.finish_job(v.name, seed, "failed", message=str(exc), plugin=getattr(exc, "plugin", None) or plugins.blame(exc))
-            display.finish_job(v.name, seed, "failed", str(exc))
-        return
-    except Exception as exc:  # a component that raises fails its job, not the grid
-        if rank0:
-            plugin = plugins.blame(exc)
-            message = f"{type(exc).__name__}: {exc}"
-            store.finish_job(v.name, seed, "failed", message=message, plugin=plugin)
-            display.finish_job(v.name, seed, "failed", f"{message} [plugin {plugin}]")
-            if os.environ.get("TESTBED_TRACEBACK"):
-                traceback.print_exc()
-        return
-    if rank0:
-        store.finish_job(v.name, seed, "ok", metrics=result["metrics"], epoch=len(result["history"]))
-        display.finish_job(v.name, seed, "ok")
-        if seed == v.config["train"]["seeds"][0]:
-            try:
-                from testbed.plots import conv1_kernels
-
-                conv1_kernels(result["model"], result["model"].plan.towers, run_dir / "plots" / f"conv1-{v.name}.png",
-                              f"{v.name}: conv1 kernels (seed {seed})")
-            except Exception as exc:
-                display.console.print(f"[yellow]conv1 plot for {v.name} failed: {exc}[/yellow]")
-
-
-def make_learning_curves(store: Store, run_dir: Path, experiment: Experiment) -> None:
-    from testbed.plots import learning_curves
-
-    epochs = store.epochs()
-    if not epochs:
-        return
-    target = experiment.baseline.config["train"]["target_train_error"]
-    learning_curves(epochs, [v.name for v in experiment.variants], target, run_dir / "plots" / "learning-curves.png",
-                    f"{experiment.name}: training error (mean over seeds)")
-    if experiment.compare:
-        from testbed.plots import figure1
-
-        figure1(epochs, experiment, run_dir / "plots" / "figure1.png")
-
-
-def redraw_plots(run_dir: Path, registry, console: Console) -> list[Path]:
-    """Draw a run's plots again from its store and its checkpoints (`testbed report DIR --plots`)."""
-    from testbed.describe import data_shape
-    from testbed.model import build_model
-    from testbed.plots import conv1_kernels
-
-    store = Store.open_run(run_dir)
-    try:
-        experiment = store.experiment()
-        make_learning_curves(store, run_dir, experiment)
-    finally:
-        store.close()
-    drawn = sorted((run_dir / "plots").glob("*.png"))
-    for v in experiment.variants:
-        ckpt = checkpoint_path(run_dir, v.name, v.config["train"]["seeds"][0])
-        if not ckpt.exists():
-            continue
-        try:
-            state = load_checkpoint(ckpt)
-            size, classes = data_shape(v.config["data"], registry)
-            built = build_model(v.config["model"], classes, size, registry, "cpu")
-            built.module.load_state_dict(state["model"])
-        except Exception as exc:  # e.g. towers on GPUs this machine does not have: skip that picture
-            console.print(f"[yellow]conv1 plot for {v.name} skipped: {exc}[/yellow]")
-            continue
-        path = run_dir / "plots" / f"conv1-{v.name}.png"
-        conv1_kernels(built.module, built.plan.towers, path, f"{v.name}: conv1 kernels (seed {state['seed']})")
-        drawn.append(path)
-    return sorted(set(drawn))

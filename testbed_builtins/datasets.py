@@ -130,6 +130,9 @@ def decode_folder_split(split_dir: Path, class_names: list[str]) -> tuple[torch.
     return torch.stack(images), torch.tensor(labels)
 
 
+# Decoded CIFAR-10 folders by absolute path, so that subsets and resizes of one folder (several
+# [data] tables) decode its 60,000 JPEGs once per process. A folder's images do not change
+# while testbed runs; testbed.data.clear_datasets() does not clear this one (nothing needs it to).
 _CIFAR_CACHE: dict[str, InMemoryData] = {}
 
 

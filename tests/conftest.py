@@ -22,7 +22,8 @@ def _command(args) -> list[str]:
 
 
 def _env(extra: dict | None) -> dict:
-    return {**os.environ, "TESTBED_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "2", **(extra or {})}
+    inherited = {k: v for k, v in os.environ.items() if k != "TESTBED_SCHEDULER"}  # a user's cluster is not the tests'
+    return {**inherited, "TESTBED_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "2", **(extra or {})}
 
 
 def run_testbed(*args, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

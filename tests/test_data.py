@@ -229,7 +229,7 @@ def test_pipeline_batches_are_deterministic_per_seed_and_epoch(registry):
     data = load_dataset(variant.config["data"], registry)
 
     from testbed.model import build_model
-    from testbed.train import build_pipeline
+    from testbed.assembly import build_pipeline
     from testbed.data import augmentation_generator
 
     built = build_model(variant.config["model"], 10, 32, registry, "cpu")

@@ -226,23 +226,27 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
-    file = experiment(tmp_path, epochs=1)
+def test_a_checkpoint_that_would_run_code_is_refused_and_fails_only_its_job(tmp_path):
+    file = experiment(tmp_path, '[[variant]]\nname = "other"\nmodel.normalization = "none"\n', epochs=1)
     run = tmp_path / "run"
     proc = run_testbed("run", str(file), "--out", str(run), "-q")
     assert proc.returncode == 0, proc.stderr
-    # make the job look unfinished and plant a malicious pickle where its checkpoint is
+    # make both jobs look unfinished and plant a malicious pickle where the baseline's checkpoint is
     db = sqlite3.connect(run / "results.sqlite")
     db.execute("UPDATE jobs SET status = 'interrupted'")
     db.commit()
+    (run / "checkpoints" / "other" / "seed-0.pt").unlink()  # the other job starts over
     marker = tmp_path / "code-ran"
     ckpt = run / "checkpoints" / "baseline" / "seed-0.pt"
     torch.save({"format": "testbed-checkpoint", "evil": Payload(marker)}, ckpt)
-    resumed = run_testbed("resume", str(run))
-    assert resumed.returncode == 2
-    assert "refused" in resumed.stderr and str(ckpt) in resumed.stderr
+    resumed = run_testbed("resume", str(run), "--json", "-q")
+    assert resumed.returncode == 1, resumed.stderr  # one job failed, the rest of the grid ran
     assert "Traceback" not in resumed.stderr
     assert not marker.exists()
+    variants = {v["name"]: v for v in json.loads(resumed.stdout)["variants"]}
+    assert variants["other"]["status"] == "ok"
+    problem = variants["baseline"]["problems"][0]
+    assert problem["status"] == "failed" and "refused" in problem["message"] and str(ckpt) in problem["message"]
 
 
 def test_resume_skips_finished_jobs(tmp_path):

@@ -19,7 +19,7 @@ from testbed.data import AugmentContext, DataRequest, DataStats, InMemoryData, l
 from testbed.errors import BadInput, ComponentError
 from testbed.experiment import build_experiment, load_experiment
 from testbed.model import build_model
-from testbed.train import build_pipeline, component_records
+from testbed.assembly import build_pipeline, component_records
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiment.toml"
 PLUGIN = "testbed-example"  # the entry point's name in pyproject.toml

@@ -1,0 +1,89 @@
+"""A job's parts, built from the registry exactly as training uses them: the placed model in
+its memory format, the data pipeline (preprocessing, augmentations, test views), and the
+record of every component (name, parameters, plugin, version) a result keeps. ``check_job``
+builds all of them without training, so that a bad parameter is refused before the grid starts.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from testbed.data import AugmentContext, Pipeline
+from testbed.errors import BadInput
+from testbed.experiment import Variant
+from testbed.model import BuiltModel, build_model
+
+
+def memory_format(train_cfg: dict) -> torch.memory_format:
+    """'auto' is channels-last: faster on this 2-core CPU at every geometry measured
+    (benchmarks/channels_last.py: 0.65-0.91x the step time) and the layout GPU convolutions prefer."""
+    return torch.contiguous_format if train_cfg["memory_format"] == "contiguous" else torch.channels_last
+
+
+def build_for_training(cfg: dict, data, registry, device) -> BuiltModel:
+    """The placed model in the memory format training uses."""
+    built = build_model(cfg["model"], len(data.class_names), data.image_size, registry, device)
+    built.module.to(memory_format=memory_format(cfg["train"]))
+    return built
+
+
+def build_pipeline(variant: Variant, data, built: BuiltModel, registry, device) -> Pipeline:
+    cfg = variant.config
+    stats = data.stats()
+    preprocess = registry.create("preprocess", cfg["data"]["preprocess"], stats, key="data.preprocess")
+    ctx = AugmentContext(built.plan.input_size, data.image_size, stats, preprocess.pixel_scale)
+    train_augs = [registry.create("augmentation", spec, ctx, key=f"augment.train[{i}]") for i, spec in enumerate(cfg["augment"]["train"])]
+    test_views = registry.create("augmentation", cfg["augment"]["test"], ctx, key="augment.test")
+    return Pipeline(data, preprocess, train_augs, test_views, built.plan.input_size, device, memory_format(cfg["train"]))
+
+
+# (dotted key, registry kind) of every component slot in a resolved config
+COMPONENT_SLOTS = (
+    ("data.dataset", "dataset"),
+    ("data.preprocess", "preprocess"),
+    ("model.activation", "activation"),
+    ("model.normalization", "normalization"),
+    ("model.pooling", "pooling"),
+    ("model.init", "init"),
+    ("model.placement", "placement"),
+    ("augment.test", "augmentation"),
+    ("train.optimizer", "optimizer"),
+    ("train.schedule", "schedule"),
+)
+
+
+def component_records(config: dict, registry) -> dict:
+    """slot -> {"name", "params", "plugin", "version"}: what a result records about its components."""
+
+    def record(kind, spec, key):
+        component, params = registry.resolve(kind, spec, key)
+        return {"name": component.name, "params": params, "plugin": component.plugin, "version": component.version}
+
+    out = {}
+    for key, kind in COMPONENT_SLOTS:
+        section, slot = key.split(".")
+        out[slot if section != "augment" else "augment.test"] = record(kind, config[section][slot], key)
+    out["augment.train"] = [record("augmentation", spec, f"augment.train[{i}]") for i, spec in enumerate(config["augment"]["train"])]
+    return out
+
+
+def check_job(variant: Variant, data, registry) -> None:
+    """Create every component of a job without training (the model shape-only on the meta device),
+    so that a bad parameter of any component is refused before the grid starts."""
+    cfg = variant.config
+    with torch.device("meta"):
+        built = build_model(cfg["model"], len(data.class_names), data.image_size, registry, device=None)
+    pipeline = build_pipeline(variant, data, built, registry, "cpu")
+    if pipeline.train_size < cfg["train"]["batch_size"]:
+        raise BadInput(f"train.batch_size = {cfg['train']['batch_size']}: larger than the {pipeline.train_size} training images")
+    optimizer = registry.create("optimizer", cfg["train"]["optimizer"], built.module.parameters(), key="train.optimizer")
+    registry.create("schedule", cfg["train"]["schedule"], optimizer, cfg["train"]["epochs"], key="train.schedule")
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

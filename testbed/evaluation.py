@@ -1,0 +1,73 @@
+"""Evaluation on the held-out set: top-1 and top-5 error, softmax averaged over the test views,
+and the saturation statistics of the activation layers on the first held-out batch."""
+
+from __future__ import annotations
+
+import torch
+
+from testbed.assembly import autocast
+from testbed.data import Pipeline
+from testbed.distributed import Dist
+from testbed.errors import BadInput
+
+
+class SaturationProbe:
+    """Per activation layer, the fraction of outputs in the flat part of the curve, over the forward
+    passes made while it is open. Only activations that define ``saturation(y)`` are measured."""
+
+    def __init__(self, model):
+        self.fractions: dict[str, list] = {}
+        self.hooks = [
+            module.register_forward_hook(self._hook(path.rsplit(".", 1)[-1]))
+            for path, module in model.named_modules()
+            if hasattr(module, "saturation")
+        ]
+
+    def _hook(self, name):
+        def hook(module, _inputs, out):
+            self.fractions.setdefault(name, []).append(module.saturation(out.float()).float().mean())
+
+        return hook
+
+    def close(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        self.hooks = []
+
+    def result(self) -> dict:
+        return {name: round(float(torch.stack(v).mean()), 6) for name, v in self.fractions.items()}
+
+
+def evaluate(model, pipeline: Pipeline, batch_size: int, precision: str, dist: Dist, views: bool = True, probe: bool = False):
+    """(top-1 error, top-5 error, saturation) on the held-out set, softmax averaged over the test
+    views (``views=False``: the centre patch only). With ``probe``, the saturation statistics of
+    the first batch (see SaturationProbe), else {}."""
+    model.eval()
+    wrong1 = wrong5 = seen = 0
+    saturation = SaturationProbe(model) if probe else None
+    try:
+        with torch.inference_mode(), autocast(precision, pipeline.device):
+            for views, labels in pipeline.test_batches(batch_size, dist.rank, dist.world, views):
+                b = views.shape[1]
+                # one view at a time: a forward pass over all ten views at once is slower on a CPU
+                fmt = pipeline.memory_format
+                probs = model(views[0].contiguous(memory_format=fmt)).float().softmax(-1)
+                if saturation is not None:
+                    saturation.close()  # one batch is enough for a fraction
+                for view in views[1:]:
+                    probs += model(view.contiguous(memory_format=fmt)).float().softmax(-1)
+                probs /= views.shape[0]
+                k = min(5, probs.shape[-1])
+                top = probs.topk(k, dim=-1).indices
+                hit1 = top[:, 0] == labels
+                hit5 = (top == labels.unsqueeze(1)).any(1)
+                wrong1 += (~hit1).sum()
+                wrong5 += (~hit5).sum()
+                seen += b
+    finally:
+        if saturation is not None:
+            saturation.close()
+    wrong1, wrong5, seen = dist.sum([float(wrong1), float(wrong5), float(seen)], pipeline.device)
+    if seen == 0:
+        raise BadInput("the held-out set is empty")
+    return wrong1 / seen, wrong5 / seen, saturation.result() if saturation is not None else {}
