@@ -10,7 +10,7 @@ from contextlib import nullcontext
 
 import torch
 
-from testbed.data import AugmentContext, Pipeline
+from testbed.data import AugmentContext, DataStats, Pipeline, StreamingData
 from testbed.errors import BadInput
 from testbed.experiment import Variant
 from testbed.model import BuiltModel, build_model
@@ -69,17 +69,36 @@ def component_records(config: dict, registry) -> dict:
     return out
 
 
-def check_job(variant: Variant, data, registry) -> None:
+def check_job(variant: Variant, data, registry, world: int = 1, device: torch.device | None = None) -> None:
     """Create every component of a job without training (the model shape-only on the meta device),
-    so that a bad parameter of any component is refused before the grid starts."""
+    so that a bad parameter of any component is refused before the grid starts. ``world``: the
+    processes a data-parallel job is split over; ``device``: where the run trains, so that a
+    placement can refuse devices this machine lacks (None: not checked, as `testbed show` does)."""
     cfg = variant.config
     with torch.device("meta"):
         built = build_model(cfg["model"], len(data.class_names), data.image_size, registry, device=None)
+    if device is not None:
+        try:
+            built.placement.check_devices(torch.device(device))
+        except ValueError as exc:
+            raise BadInput(f"model.placement: {cfg['model']['placement']['name']}: {exc}") from None
     pipeline = build_pipeline(variant, data, built, registry, "cpu")
-    if pipeline.train_size < cfg["train"]["batch_size"]:
-        raise BadInput(f"train.batch_size = {cfg['train']['batch_size']}: larger than the {pipeline.train_size} training images")
+    batch = cfg["train"]["batch_size"]
+    if pipeline.train_size < batch:
+        raise BadInput(f"train.batch_size = {batch}: larger than the {pipeline.train_size} training images")
+    if built.placement.distributed and batch % world:
+        raise BadInput(f"train.batch_size = {batch}: must divide evenly over the {world} processes of this torchrun launch")
     optimizer = registry.create("optimizer", cfg["train"]["optimizer"], built.module.parameters(), key="train.optimizer")
     registry.create("schedule", cfg["train"]["schedule"], optimizer, cfg["train"]["epochs"], key="train.schedule")
+
+
+def stand_in_data(data_cfg: dict, image_size: int, classes: int) -> StreamingData:
+    """What `testbed show` checks a job against without reading any data: the declared size and
+    classes, the training set's size if the file gives it, and neutral statistics."""
+    stats = DataStats(torch.zeros(3, image_size, image_size), torch.zeros(3), torch.ones(3), torch.zeros(3), torch.eye(3))
+    train = data_cfg["train_size"] or 2**31 - 1
+    return StreamingData(range(train), range(data_cfg["test_size"] or 1), [f"class{c}" for c in range(classes)], image_size,
+                         workers=0, _stats=stats)
 
 
 def autocast(precision: str, device: torch.device):

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from testbed.errors import BadInput
+from testbed.rundir import TMP_MARK
 
 FORMAT = "testbed-checkpoint"
 VERSION = 1
-TMP_MARK = ".tmp-"  # save(): the temp file's name is ".<name>.tmp-<pid>"
 
 
 class UnsafeCheckpoint(BadInput):

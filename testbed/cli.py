@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -14,34 +15,76 @@ from rich.table import Table
 
 from testbed import __version__, plugins
 from testbed.errors import BadInput, PluginFailure
+from testbed.faults import phase
 
-EPILOG = "Docs: README.md and docs/writing-plugins.md. Exit codes: 0 done, 1 a variant failed or diverged, 2 bad input."
+EPILOG = ("Docs: README.md, docs/writing-plugins.md, docs/architecture.md. Exit codes: 0 done, 1 a variant failed or diverged, "
+          "2 bad input, 130 interrupted (Ctrl-C or SIGTERM; `testbed resume DIR` continues).")
+INTERRUPTED = 130
 
 
 def err_console() -> Console:
     return Console(stderr=True)
 
 
+_json_out = None  # while a --json command runs: the real stdout, which only emit_json writes to
+
+
+def _stop_at_once(signum, _frame):
+    raise KeyboardInterrupt  # SIGTERM too: before training there is nothing to save
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C or SIGTERM outside training, once a run directory exists: say how to continue."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
 def guarded(fn):
-    """Turn BadInput into exit code 2 and one line on stderr."""
+    """Every command's frame. Bad input: exit 2 and one line on stderr (with --json, also an
+    error document on stdout). Ctrl-C or SIGTERM before a grid trains (or after it) stops at
+    once with exit 130; while it trains the runner's own handlers take over (testbed/signals.py).
+    With --json, whatever else writes to stdout (a download, a plugin) goes to stderr, so stdout
+    carries exactly one document."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        global _json_out
+        as_json = kwargs.get("as_json", False)
+        previous = {sig: signal.signal(sig, _stop_at_once) for sig in (signal.SIGINT, signal.SIGTERM)}
+        real_stdout, _json_out = sys.stdout, sys.stdout if as_json else None
+        if as_json:
+            sys.stdout = sys.stderr
         try:
+            phase("start")
             return fn(*args, **kwargs)
         except BadInput as exc:
-            message = " ".join(str(exc).split("\n"))
-            click.echo(f"error: {message}", err=True)
+            document = exc.document()
+            click.echo(f"error: {document['error']}", err=True)
+            if as_json:
+                print(json.dumps(document), file=real_stdout)
             sys.exit(2)
         except PluginFailure as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
+        except (KeyboardInterrupt, RunInterrupted) as exc:
+            run_dir = getattr(exc, "run_dir", None)
+            message = "interrupted" + (f"; continue with: testbed resume {run_dir}" if run_dir else "")
+            click.echo(message, err=True)
+            if as_json:
+                print(json.dumps({"status": "interrupted", "error": message, "run_dir": str(run_dir) if run_dir else None}), file=real_stdout)
+            sys.exit(INTERRUPTED)
+        finally:
+            sys.stdout, _json_out = real_stdout, None
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     return wrapper
 
 
 def emit_json(doc) -> None:
-    click.echo(json.dumps(doc, indent=2, default=str))
+    print(json.dumps(doc, indent=2, default=str), file=_json_out or sys.stdout)
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -123,15 +166,24 @@ def run(file, out, sets, only, seeds, device, as_json, force, quiet, executor, w
     options = runner.RunOptions(device, as_json, quiet, executor_spec(executor, workers, scheduler, threads))
     dist = runner.distributed_from_env(experiment, registry)
     runner.check_executor(options.executor, registry, dist)
-    runner.validate(experiment, registry)
     device_obj = runner.resolve_device(device, dist)
+    runner.validate(experiment, registry, dist, device_obj)
     runner.init_process_group(experiment, registry, dist, device_obj)
     run_dir = Path(dist.broadcast(str(out if out is not None else default_run_dir(experiment))))
     if dist.rank == 0:
         prepare_run_dir(run_dir, experiment, force)
     dist.barrier()
-    outcome = runner.execute(experiment, run_dir, registry, options, dist)
-    _finish(outcome, run_dir, as_json, dist.rank)
+    _execute(experiment, run_dir, registry, options, dist)
+
+
+def _execute(experiment, run_dir: Path, registry, options, dist) -> None:
+    from testbed import runner
+
+    try:
+        outcome = runner.execute(experiment, run_dir, registry, options, dist)
+        _finish(outcome, run_dir, options.json, dist.rank)
+    except KeyboardInterrupt:  # outside training (which stops at a safe point itself): at once
+        raise RunInterrupted(run_dir) from None
 
 
 def _finish(outcome, run_dir: Path, as_json: bool, rank: int = 0):
@@ -172,11 +224,10 @@ def resume(run_dir, device, as_json, quiet, executor, workers, scheduler, thread
     options = runner.RunOptions(device, as_json, quiet, executor_spec(executor, workers, scheduler, threads))
     dist = runner.distributed_from_env(experiment, registry)
     runner.check_executor(options.executor, registry, dist)
-    runner.validate(experiment, registry)
     device_obj = runner.resolve_device(device, dist)
+    runner.validate(experiment, registry, dist, device_obj)
     runner.init_process_group(experiment, registry, dist, device_obj)
-    outcome = runner.execute(experiment, run_dir, registry, options, dist)
-    _finish(outcome, run_dir, as_json, dist.rank)
+    _execute(experiment, run_dir, registry, options, dist)
 
 
 @main.command(epilog=EPILOG)
@@ -194,6 +245,8 @@ def show(file, sets, as_json):
         emit_json(doc)
     else:
         render_description(doc, Console())
+    for warning in doc["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @main.command(epilog=EPILOG)

@@ -347,14 +347,23 @@ def clear_datasets() -> None:
     _LOADED.clear()
 
 
+def _dataset_key(data_cfg: dict) -> str:
+    import json
+
+    return json.dumps({k: v for k, v in data_cfg.items() if k != "preprocess"}, sort_keys=True)
+
+
+def loaded_dataset(data_cfg: dict):
+    """The dataset of a [data] table if this process has loaded it, else None."""
+    return _LOADED.get(_dataset_key(data_cfg))
+
+
 def load_dataset(data_cfg: dict, registry, seed: int | None = None) -> InMemoryData | StreamingData:
     """The dataset a [data] table describes, subset and resized; loaded once per process.
     ``seed``: the data seed of a job whose seed varies the subset (default: ``data.seed``)."""
-    import json
-
     if seed is not None:
         data_cfg = {**data_cfg, "seed": seed}
-    key = json.dumps({k: v for k, v in data_cfg.items() if k != "preprocess"}, sort_keys=True)
+    key = _dataset_key(data_cfg)
     if key in _LOADED:
         return _LOADED[key]
     root = data_cfg["root"]

@@ -58,20 +58,43 @@ def describe_variant(variant, registry, device: torch.device) -> dict:
     }
 
 
+def check_like_run(variant, registry) -> str | None:
+    """The checks `testbed run` makes before training (every component created, the model on
+    the meta device, the batch size against the training set), against the loaded data when
+    `show` had to load it, else a stand-in of the declared size. Bad input raises as in `run`;
+    anything else a component raises is what `run` would fail that job with: returned as a warning."""
+    from testbed.assembly import check_job, stand_in_data
+    from testbed.data import loaded_dataset
+
+    size, classes = data_shape(variant.config["data"], registry)
+    data = loaded_dataset(variant.config["data"]) or stand_in_data(variant.config["data"], size, classes)
+    try:
+        check_job(variant, data, registry)
+    except BadInput:
+        raise
+    except Exception as exc:
+        return f"variant '{variant.name}': a component raised {type(exc).__name__}: {exc} [plugin {plugins.blame(exc)}]; `run` would fail that job"
+    return None
+
+
 def describe_experiment(experiment: Experiment, registry) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    variants = []
+    variants, warnings = [], []
     for v in experiment.variants:
         try:
             variants.append(describe_variant(v, registry, device))
+            warning = check_like_run(v, registry)
+            if warning:
+                warnings.append(warning)
         except BadInput as exc:
             where = "" if v.name == "baseline" else f"variant '{v.name}': "
-            raise BadInput(f"{experiment.path}: {where}{exc}") from None
+            raise BadInput(f"{experiment.path}: {where}{exc}", file=experiment.path) from None
         except Exception as exc:
             raise PluginFailure(
                 f"{experiment.path}: variant '{v.name}': a component raised {type(exc).__name__}: {exc} [plugin {plugins.blame(exc)}]"
             ) from None
-    return {"experiment": experiment.name, "path": experiment.path, "description": experiment.description, "variants": variants}
+    return {"experiment": experiment.name, "path": experiment.path, "description": experiment.description, "variants": variants,
+            "warnings": warnings}
 
 
 def _component(spec: dict) -> str:

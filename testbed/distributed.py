@@ -67,14 +67,16 @@ def from_env(placements: dict, path: str) -> Dist:
     if distributed and "RANK" not in os.environ:
         raise BadInput(
             f"{path}: variant '{distributed[0]}' uses placement 'data-parallel', which runs one process per device: "
-            f"launch it with torchrun, e.g. `torchrun --standalone --nproc_per_node=2 -m testbed run {path}`"
+            f"launch it with torchrun, e.g. `torchrun --standalone --nproc_per_node=2 -m testbed run {path}`",
+            file=path,
         )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     others = [name for name, p in placements.items() if not p.distributed]
     if world > 1 and others:
         raise BadInput(
             f"{path}: variant '{others[0]}' is not data-parallel, but this is a torchrun launch of {world} processes; "
-            f"run it without torchrun, or leave it out with --only, or give it model.placement = \"data-parallel\""
+            f"run it without torchrun, or leave it out with --only, or give it model.placement = \"data-parallel\"",
+            file=path,
         )
     return Dist(int(os.environ.get("RANK", "0")), world)
 

@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import difflib
+import re
 
 
 class BadInput(Exception):
-    """Something the user gave us is wrong: a file, a key, a value, a path (exit code 2)."""
+    """Something the user gave us is wrong: a file, a key, a value, a path (exit code 2).
+    ``file``: the file or folder it is about, where known; the dotted key is read off the message."""
+
+    def __init__(self, message: str, *, file: str | None = None):
+        super().__init__(message)
+        self.file = file
+
+    def document(self) -> dict:
+        """What `--json` prints for it: {"error": the line, "file": ..., "key": ...}."""
+        message = " ".join(str(self).split("\n"))
+        rest = message[len(self.file) + 2 :] if self.file and message.startswith(f"{self.file}: ") else message
+        rest = re.sub(r"^variant '[^']*': ", "", rest)
+        match = KEY_AT_START.match(rest)
+        return {"error": message, "file": self.file, "key": match.group(1) if match else None}
+
+
+# a dotted key (model.normalization.k, augment.train[1]) or an option (--workers) at the start of a message
+KEY_AT_START = re.compile(r"^((?:--)?[A-Za-z_][\w\-]*(?:\[\d+\])?(?:\.[A-Za-z_][\w\-]*(?:\[\d+\])?)*)(?: = |: )")
 
 
 class PluginFailure(Exception):

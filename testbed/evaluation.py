@@ -38,16 +38,24 @@ class SaturationProbe:
         return {name: round(float(torch.stack(v).mean()), 6) for name, v in self.fractions.items()}
 
 
-def evaluate(model, pipeline: Pipeline, batch_size: int, precision: str, dist: Dist, views: bool = True, probe: bool = False):
+class EvaluationStopped(Exception):
+    """The user asked to stop while the held-out set was being evaluated."""
+
+
+def evaluate(model, pipeline: Pipeline, batch_size: int, precision: str, dist: Dist, views: bool = True, probe: bool = False,
+             stop=None):
     """(top-1 error, top-5 error, saturation) on the held-out set, softmax averaged over the test
     views (``views=False``: the centre patch only). With ``probe``, the saturation statistics of
-    the first batch (see SaturationProbe), else {}."""
+    the first batch (see SaturationProbe), else {}. ``stop``: a StopFlag looked at before every
+    batch (EvaluationStopped when set), so that a stop request does not wait for a long test."""
     model.eval()
     wrong1 = wrong5 = seen = 0
     saturation = SaturationProbe(model) if probe else None
     try:
         with torch.inference_mode(), autocast(precision, pipeline.device):
             for views, labels in pipeline.test_batches(batch_size, dist.rank, dist.world, views):
+                if stop is not None and stop.requested:
+                    raise EvaluationStopped()
                 b = views.shape[1]
                 # one view at a time: a forward pass over all ten views at once is slower on a CPU
                 fmt = pipeline.memory_format

@@ -126,13 +126,14 @@ def parse_set(items: list[str]) -> dict:
 
 def load_experiment(path: str | Path, registry: Registry, overrides: dict | None = None) -> Experiment:
     path = Path(path)
-    raw = read_toml(path)
     try:
+        raw = read_toml(path)
         return build_experiment(raw, registry, str(path), overrides or {})
     except BadInput as exc:
-        raise BadInput(f"{path}: {exc}") from None
+        message = str(exc) if str(exc).startswith(f"{path}: ") else f"{path}: {exc}"
+        raise BadInput(message, file=str(path)) from None
     except RecursionError:
-        raise BadInput(f"{path}: nested too deeply to be an experiment file") from None
+        raise BadInput(f"{path}: nested too deeply to be an experiment file", file=str(path)) from None
 
 
 def build_experiment(raw: dict, registry: Registry, path: str = "experiment.toml", overrides: dict | None = None) -> Experiment:

@@ -1,7 +1,8 @@
 """One job of a grid (a variant x a seed) as an executor runs it, wherever that is: load the
 data, train, and turn whatever happens into an outcome. A job that diverges, raises or refuses
 its input fails alone; the grid goes on. Only the user's stop request and a second Ctrl-C end
-the grid (``JobOutcome.status == "interrupted"``).
+the grid (``JobOutcome.status == "interrupted"``). A job refused for bad input met while it ran
+(``refused``) makes the run's exit code 2 once the rest of the grid has run.
 
 What the driver (the process that owns the results store and the display) hears of a running
 job goes through ``JobEvents``: started (with the checkpoint's history, so the store can catch
@@ -51,7 +52,7 @@ class JobSpec:
 
 @dataclass
 class JobOutcome:
-    status: str  # ok, diverged, failed, interrupted
+    status: str  # ok, diverged, failed, refused (bad input met while running), interrupted
     message: str | None = None
     plugin: str | None = None  # the plugin whose code failed
     epoch: int | None = None
@@ -106,8 +107,8 @@ def execute_job(spec: JobSpec, events: JobEvents, stop: StopFlag, dist: Dist, re
         return JobOutcome("interrupted", "aborted; resume restarts it from its last checkpoint")
     except Diverged as exc:
         return JobOutcome("diverged", str(exc), epoch=exc.epoch, step=exc.step)
-    except BadInput as exc:
-        return JobOutcome("failed", str(exc), plugin=getattr(exc, "plugin", None) or plugins.blame(exc))
+    except BadInput as exc:  # a checkpoint testbed did not write, a component refusing what it was given
+        return JobOutcome("refused", str(exc), plugin=getattr(exc, "plugin", None) or plugins.blame(exc))
     except Exception as exc:  # a component that raises fails its job, not the grid
         if os.environ.get("TESTBED_TRACEBACK"):
             traceback.print_exc()

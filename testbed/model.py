@@ -209,6 +209,10 @@ class Placement:
     def wrap_for_training(self, model: nn.Module, device: torch.device) -> nn.Module:
         return model
 
+    def check_devices(self, device: torch.device) -> None:
+        """Raise ValueError when this machine lacks a device the placement needs (checked before
+        any training; `testbed show` does not check, since it may describe another machine's run)."""
+
 
 @dataclass
 class BuiltModel:

@@ -62,7 +62,7 @@ def changes_text(changes: dict) -> str:
 
 
 def status_text(status: str) -> str:
-    colour = {"ok": "green", "diverged": "yellow", "failed": "red"}.get(status, "magenta")
+    colour = {"ok": "green", "diverged": "yellow", "failed": "red", "refused": "red"}.get(status, "magenta")
     return f"[{colour}]{status}[/{colour}]"
 
 
@@ -137,7 +137,7 @@ def render(doc: dict, console: Console) -> None:
         render_speedups(doc["compare"], console)
     for v in doc["variants"]:
         for p in v.get("problems", []):
-            if p["status"] in ("diverged", "failed"):
+            if p["status"] in ("diverged", "failed", "refused"):
                 where = f" at epoch {p['epoch']}, step {p['step']}" if p["epoch"] is not None else ""
                 plugin = f" [plugin {p['plugin']}]" if p.get("plugin") else ""
                 console.print(f"[yellow]{escape(v['name'])} seed {p['seed']}: {p['status']}{where}{escape(plugin)}: {escape(str(p['message']))}[/yellow]")

@@ -21,7 +21,7 @@ FINISHED = ("ok", "diverged")  # resume skips these; failed and interrupted jobs
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     variant TEXT NOT NULL, seed INTEGER NOT NULL, position INTEGER NOT NULL,
-    status TEXT NOT NULL,            -- pending, running, ok, diverged, failed, interrupted
+    status TEXT NOT NULL,            -- pending, running, ok, diverged, failed, refused, interrupted
     message TEXT, plugin TEXT, epoch INTEGER, step INTEGER,
     metrics TEXT, components TEXT, environment TEXT,
     started REAL, finished REAL,
@@ -50,14 +50,14 @@ class Store:
         run_dir = Path(run_dir)
         path = run_dir / STORE_NAME
         if not run_dir.is_dir():
-            raise BadInput(f"{run_dir}: no such run directory")
+            raise BadInput(f"{run_dir}: no such run directory", file=str(run_dir))
         if not path.is_file() or not (run_dir / EXPERIMENT_NAME).is_file():
-            raise BadInput(f"{run_dir}: not a testbed run (no {STORE_NAME} and {EXPERIMENT_NAME}); give a folder that `testbed run` wrote")
+            raise BadInput(f"{run_dir}: not a testbed run (no {STORE_NAME} and {EXPERIMENT_NAME}); give a folder that `testbed run` wrote", file=str(run_dir))
         try:
             store = cls(path)
             store.experiment()
         except (sqlite3.DatabaseError, ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON of the wrong shape too
-            raise BadInput(f"{path}: damaged results store ({exc})") from None
+            raise BadInput(f"{path}: damaged results store ({exc})", file=str(path)) from None
         return store
 
     def close(self):

@@ -22,8 +22,10 @@ from testbed.display import Display
 from testbed.distributed import Dist
 from testbed.errors import BadInput
 from testbed.experiment import Experiment
+from testbed.faults import phase
 from testbed.jobs import JobEvents, JobOutcome, JobSpec
 from testbed.results import FINISHED, Store, summarize
+from testbed.rundir import RunLock, remove_stale_temp_files
 from testbed.signals import StopSignals
 from testbed.train import StopFlag
 
@@ -89,16 +91,17 @@ def init_process_group(experiment: Experiment, registry, dist: Dist, device: tor
     distributed.init_process_group(placements(experiment, registry), dist, device)
 
 
-def validate(experiment: Experiment, registry) -> None:
+def validate(experiment: Experiment, registry, dist: Dist = Dist(), device: torch.device | None = None) -> None:
     """Load every variant's data and build every model shape-only, so that bad input surfaces
     before any training. A component that raises anything else fails its own job later, where
     the failure is recorded with the plugin's name, instead of stopping the grid here."""
+    phase("load")
     for v in experiment.variants:
         try:
-            check_job(v, load_dataset(v.config["data"], registry), registry)
+            check_job(v, load_dataset(v.config["data"], registry), registry, dist.world, device)
         except BadInput as exc:
             where = "" if v.name == "baseline" else f"variant '{v.name}': "
-            raise BadInput(f"{experiment.path}: {where}{exc}") from None
+            raise BadInput(f"{experiment.path}: {where}{exc}", file=experiment.path) from None
         except Exception:
             continue
 
@@ -183,6 +186,18 @@ def execute(experiment: Experiment, run_dir: Path, registry, options: RunOptions
     executor = registry.create("executor", options.executor, key="--executor")
     rank0 = dist.rank == 0
     device = resolve_device(options.device, dist)
+    lock = RunLock(run_dir).acquire() if rank0 else None
+    try:
+        return _execute(experiment, run_dir, registry, executor, options, dist, device)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _execute(experiment: Experiment, run_dir: Path, registry, executor, options: RunOptions, dist: Dist, device: torch.device) -> Outcome:
+    rank0 = dist.rank == 0
+    if rank0:
+        remove_stale_temp_files(run_dir)
     store = Store(run_dir / "results.sqlite") if rank0 else None
     jobs = grid(experiment, run_dir, device)
     if rank0:
@@ -203,14 +218,17 @@ def execute(experiment: Experiment, run_dir: Path, registry, options: RunOptions
         signals.restore()
     if not rank0:
         return Outcome({}, 0, interrupted)
+    phase("summary")
     doc = summarize(store, run_dir)
     try:
         from testbed.plots import make_learning_curves
 
+        phase("plots")
         make_learning_curves(store, run_dir, experiment)
     except Exception as exc:  # a plot must never cost the results
         display.say(f"[yellow]learning-curve plot failed: {exc}[/yellow]")
     store.close()
     if interrupted:
         return Outcome(doc, 130, True)
-    return Outcome(doc, 0 if doc["status"] == "ok" else 1)
+    refused = any(p["status"] == "refused" for v in doc["variants"] for p in v["problems"])
+    return Outcome(doc, 0 if doc["status"] == "ok" else 2 if refused else 1)

@@ -24,8 +24,9 @@ from testbed.assembly import autocast, build_for_training, build_pipeline
 from testbed.data import augmentation_generator
 from testbed.distributed import Dist
 from testbed.errors import BadInput
-from testbed.evaluation import evaluate
+from testbed.evaluation import EvaluationStopped, evaluate
 from testbed.experiment import Variant
+from testbed.faults import phase
 from testbed.model import parameter_count
 from testbed.seeding import job_seeds, seed_dropout, seed_everything  # noqa: F401  (seed_everything: bench's too)
 
@@ -272,6 +273,7 @@ class Job:
         """Evaluate, record, step the schedule, checkpoint. True when the job is done (its last
         epoch, or the target reached with ``stop_at_target``)."""
         cfg = self.ctx.variant.config
+        phase("evaluate", self.ctx.stop)
         eval_tick = time.perf_counter()
         train_error = totals[1] / max(totals[2], 1)
         reached = self.train_cfg["stop_at_target"] and train_error <= self.train_cfg["target_train_error"]
@@ -279,8 +281,14 @@ class Job:
         # The configured test views (the paper's ten-crop) at the last epoch; the centre patch before.
         # The plain module, not the DDP or compiled wrapper: DDP would sync buffers on every forward
         # (ranks can have unequal test batches) and compiled graphs ignore the probe's hooks.
-        top1, top5, saturation = evaluate(self.model, self.pipeline, self.train_cfg["eval_batch_size"], self.precision,
-                                          self.ctx.dist, final, probe=True)
+        try:  # a stop request during evaluation (a single process only: DDP ranks stop at epoch ends together)
+            top1, top5, saturation = evaluate(self.model, self.pipeline, self.train_cfg["eval_batch_size"], self.precision,
+                                              self.ctx.dist, final, probe=True, stop=None if self.ctx.dist.active else self.ctx.stop)
+        except EvaluationStopped:
+            # every step of the epoch is done: checkpoint as "all steps, not yet evaluated"; resume evaluates
+            self.sums = EpochSums(totals[0], totals[1], totals[2], train_s)
+            self.save(epoch - 1, self.steps)
+            raise Interrupted() from None
         record = {
             "epoch": epoch,
             "train_loss": totals[0] / max(totals[2], 1),

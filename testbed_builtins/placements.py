@@ -112,10 +112,11 @@ class TwoDeviceAlexNet(nn.Module):
         a, b = self.devices
         return [torch.cat([xs[0], xs[1].to(a)], 1), torch.cat([xs[0].to(b), xs[1]], 1)]
 
-    def _gather(self, xs, drop):
-        """Both towers' FC outputs on device A, dropout applied there, then shared with tower B."""
+    def _gather(self, xs, drop, share: bool = True):
+        """Both towers' FC outputs on device A, dropout applied there, then (``share``) copied to
+        tower B for its next layer; fc8 lives on device A, so fc7's output stays there."""
         full = drop(torch.cat([xs[0], xs[1].to(self.devices[0])], 1))
-        return [full, full.to(self.devices[1])]
+        return [full, full.to(self.devices[1])] if share else [full]
 
     def forward(self, x):
         towers = (self.tower_a, self.tower_b)
@@ -126,7 +127,7 @@ class TwoDeviceAlexNet(nn.Module):
             xs = self._both([t.features[i] for t in towers], xs)
         xs = self._cross([torch.flatten(v, 1) for v in xs])
         xs = self._gather(self._both([lambda v, t=t: t.act6(t.fc6(v)) for t in towers], xs), self.drop6)
-        xs = self._gather(self._both([lambda v, t=t: t.act7(t.fc7(v)) for t in towers], xs), self.drop7)
+        xs = self._gather(self._both([lambda v, t=t: t.act7(t.fc7(v)) for t in towers], xs), self.drop7, share=False)
         return self.fc8(xs[0])
 
     def to_grouped(self, device="cpu") -> AlexNet:
@@ -175,6 +176,16 @@ class TwoDevice(Placement):
 
     def input_device(self, device: torch.device) -> torch.device:
         return torch.device(self.resolved_devices(device)[0])
+
+    def check_devices(self, device: torch.device) -> None:
+        if self.devices is None and device.type == "cuda" and torch.cuda.device_count() < 2:
+            raise ValueError(f"this machine has one CUDA device, so both towers would share {device} (what 'grouped' computes, "
+                             f"more slowly); use placement 'grouped', or ask for it: devices = [\"cuda:0\", \"cuda:0\"]")
+        for name in self.resolved_devices(device):
+            d = torch.device(name)
+            if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
+                have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+                raise ValueError(f"devices = {self.devices!r}: {name} does not exist here ({have} CUDA device(s))")
 
 
 def two_device(*, devices: list[str] | None = None):

@@ -494,7 +494,7 @@ def test_an_old_style_plugin_keeps_working_with_a_deprecation_warning(register_p
     result = CliRunner().invoke(main, ["show", str(tmp_path / "old.toml")])
     assert result.exit_code == 2 and "'shift' is a train augmentation" in result.stderr
     assert "warning: plugin 'old-style': augmentation 'shift' declares role = 'train'" in result.stderr  # once per process
-    (tmp_path / "old.toml").write_text('[data]\ndataset = "tiny"\n[augment]\ntrain = ["shift"]\n[model]\nwidth = 0.125\n')
+    (tmp_path / "old.toml").write_text('[data]\ndataset = "tiny"\n[augment]\ntrain = ["shift"]\ntest = "center"\n[model]\nwidth = 0.125\n')
     result = CliRunner().invoke(main, ["show", str(tmp_path / "old.toml"), "--json"])
     assert result.exit_code == 0, result.output
 

@@ -240,13 +240,13 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_fails_only_its_job(tmp_
     ckpt = run / "checkpoints" / "baseline" / "seed-0.pt"
     torch.save({"format": "testbed-checkpoint", "evil": Payload(marker)}, ckpt)
     resumed = run_testbed("resume", str(run), "--json", "-q")
-    assert resumed.returncode == 1, resumed.stderr  # one job failed, the rest of the grid ran
+    assert resumed.returncode == 2, resumed.stderr  # bad input, but only after the rest of the grid ran
     assert "Traceback" not in resumed.stderr
     assert not marker.exists()
     variants = {v["name"]: v for v in json.loads(resumed.stdout)["variants"]}
     assert variants["other"]["status"] == "ok"
     problem = variants["baseline"]["problems"][0]
-    assert problem["status"] == "failed" and "refused" in problem["message"] and str(ckpt) in problem["message"]
+    assert problem["status"] == "refused" and "refused" in problem["message"] and str(ckpt) in problem["message"]
 
 
 def test_resume_skips_finished_jobs(tmp_path):
