@@ -104,6 +104,25 @@ def main():
     """
 
 
+def statistics_options(fn):
+    """--confidence and --correction: how the deltas are judged (default: the experiment's [report] settings)."""
+    fn = click.option("--correction", metavar="holm|dunnett|none",
+                      help="Multiplicity correction across the variants (default holm, or the file's [report] setting).")(fn)
+    return click.option("--confidence", metavar="LEVEL", help="Confidence level of intervals and verdicts, 0 < LEVEL < 1 (default 0.95).")(fn)
+
+
+def _statistics(confidence, correction) -> dict:
+    """The given ones, checked (bad values exit 2 with one line)."""
+    from testbed.verdicts import check_confidence, check_correction
+
+    out = {}
+    if confidence is not None:
+        out["confidence"] = check_confidence(confidence, "--confidence")
+    if correction is not None:
+        out["correction"] = check_correction(correction, "--correction")
+    return out
+
+
 def _registry():
     reg = plugins.registry()
     plugins.warn_load_errors()
@@ -153,17 +172,22 @@ def executor_spec(executor, workers, scheduler, threads) -> dict:
 @click.option("--force", is_flag=True, help="Replace an existing run in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @executor_options
+@statistics_options
 @guarded
-def run(file, out, sets, only, seeds, device, as_json, force, quiet, executor, workers, scheduler, threads):
+def run(file, out, sets, only, seeds, device, as_json, force, quiet, executor, workers, scheduler, threads, confidence, correction):
     """Train every variant x seed of FILE and print the side-by-side table.
 
     A crash or Ctrl-C leaves a run directory that `testbed resume DIR` continues."""
+    import dataclasses
+
     from testbed import runner
     from testbed.rundir import default_run_dir, prepare_run_dir
 
+    stats = _statistics(confidence, correction)
     experiment, registry = _load(file, sets)
+    experiment = dataclasses.replace(experiment, report={**experiment.report, **stats})  # stored: `report DIR` judges alike
     experiment = runner.select(experiment, list(only), seeds)
-    options = runner.RunOptions(device, as_json, quiet, executor_spec(executor, workers, scheduler, threads))
+    options = runner.RunOptions(device, as_json, quiet, executor_spec(executor, workers, scheduler, threads), stats)
     dist = runner.distributed_from_env(experiment, registry)
     runner.check_executor(options.executor, registry, dist)
     device_obj = runner.resolve_device(device, dist)
@@ -210,18 +234,20 @@ def _finish(outcome, run_dir: Path, as_json: bool, rank: int = 0):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @executor_options
+@statistics_options
 @guarded
-def resume(run_dir, device, as_json, quiet, executor, workers, scheduler, threads):
+def resume(run_dir, device, as_json, quiet, executor, workers, scheduler, threads, confidence, correction):
     """Continue an interrupted run: unfinished jobs restart from their last checkpoint,
     finished ones are skipped. It may run where the first run did not (--workers, --scheduler)."""
     from testbed import runner
     from testbed.results import Store
 
+    stats = _statistics(confidence, correction)
     store = Store.open_run(run_dir)
     experiment = store.experiment()
     store.close()
     registry = _registry()
-    options = runner.RunOptions(device, as_json, quiet, executor_spec(executor, workers, scheduler, threads))
+    options = runner.RunOptions(device, as_json, quiet, executor_spec(executor, workers, scheduler, threads), stats)
     dist = runner.distributed_from_env(experiment, registry)
     runner.check_executor(options.executor, registry, dist)
     device_obj = runner.resolve_device(device, dist)
@@ -254,39 +280,38 @@ def show(file, sets, as_json):
 @click.option("--vs", "other", type=click.Path(path_type=Path), help="A second run to compare variant by variant.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--plots", is_flag=True, help="Draw the run's plots again (from its store and checkpoints).")
+@statistics_options
 @guarded
-def report(run_dir, other, as_json, plots):
+def report(run_dir, other, as_json, plots, confidence, correction):
     """The results table of a run again, from its store (optionally beside a second run)."""
+    stats = _statistics(confidence, correction)
     if plots:
         from testbed.plots import redraw_plots
 
         for path in redraw_plots(run_dir, _registry(), err_console()):
             click.echo(f"drew {path}", err=True)
-    from testbed.report import comparison_doc, render, render_comparison, table_console
-    from testbed.results import Store, summarize
+    from testbed.report import render, render_comparison, table_console
+    from testbed.results import Store, compare_runs, summarize
 
-    def load(path):
-        store = Store.open_run(path)
-        try:
-            return summarize(store, path), store.epochs()
-        finally:
-            store.close()
-
-    doc, epochs = load(run_dir)
-    if other is None:
+    if other is not None:
+        comparison = compare_runs(run_dir, other, **stats)
         if as_json:
-            emit_json(doc)
+            emit_json(comparison)
         else:
-            render(doc, table_console())
-            from testbed.describe import render_saturation
-
-            render_saturation(epochs, table_console())
+            render_comparison(comparison, table_console())
         return
-    doc_b, _ = load(other)
+    store = Store.open_run(run_dir)
+    try:
+        doc, epochs = summarize(store, run_dir, **stats), store.epochs()
+    finally:
+        store.close()
     if as_json:
-        emit_json(comparison_doc(doc, doc_b))
+        emit_json(doc)
     else:
-        render_comparison(doc, doc_b, table_console())
+        render(doc, table_console())
+        from testbed.describe import render_saturation
+
+        render_saturation(epochs, table_console())
 
 
 @main.command(name="plugins", epilog=EPILOG)

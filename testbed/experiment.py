@@ -37,6 +37,9 @@ def _valid_name(name: Any) -> bool:
     return isinstance(name, str) and len(name) <= MAX_NAME and bool(VARIANT_NAME.match(name)) and name not in (".", "..")
 
 
+REPORT_DEFAULTS = {"confidence": 0.95, "correction": "holm"}  # the verdicts' level and multiplicity correction
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -55,6 +58,7 @@ class Experiment:
     description: str = ""
     overrides: dict = field(default_factory=dict)
     compare: dict = field(default_factory=dict)  # {key, reference, paper_factor}: speed-ups within each setting
+    report: dict = field(default_factory=lambda: dict(REPORT_DEFAULTS))  # {confidence, correction}: how deltas are judged
 
     @property
     def baseline(self) -> Variant:
@@ -74,6 +78,7 @@ class Experiment:
             "description": self.description,
             "overrides": self.overrides,
             "compare": self.compare,
+            "report": self.report,
             "variants": [
                 {"name": v.name, "description": v.description, "setting": v.setting, "config": v.config, "changes": v.changes, "paper": v.paper}
                 for v in self.variants
@@ -85,7 +90,8 @@ class Experiment:
         variants = tuple(
             Variant(v["name"], v["config"], v["changes"], v["paper"], v.get("description", ""), v.get("setting", "")) for v in doc["variants"]
         )
-        return cls(doc["name"], doc["path"], variants, doc.get("description", ""), doc.get("overrides", {}), doc.get("compare", {}))
+        report = {**REPORT_DEFAULTS, **doc.get("report", {})}  # runs stored before [report] existed judge by the defaults
+        return cls(doc["name"], doc["path"], variants, doc.get("description", ""), doc.get("overrides", {}), doc.get("compare", {}), report)
 
 
 def read_toml(path: Path) -> dict:

@@ -23,15 +23,43 @@ def mean_std(metric: dict, scale=100.0, digits=1) -> str:
     return text
 
 
-def delta_text(d: dict | None) -> str:
+VERDICT_COLOURS = {"better": "green", "worse": "red"}
+SHORT_REASONS = ("1 seed", "no spread", "censored", "missing")  # reason tags shown instead of "inconclusive"
+
+
+def verdict_text(d: dict) -> str:
+    """The verdict as a coloured word that reads the same without colour."""
+    if d["verdict"] in VERDICT_COLOURS:
+        colour = VERDICT_COLOURS[d["verdict"]]
+        return f"[{colour}]{d['verdict']}[/{colour}]"
+    tag = (d.get("reason") or "").split(":")[0]
+    return f"[dim]({tag})[/dim]" if tag in SHORT_REASONS else "[dim]inconclusive[/dim]"
+
+
+def interval_text(d: dict, scale: float = 100.0) -> str:
+    return escape(f"[{scale * d['ci_low']:+.1f}, {scale * d['ci_high']:+.1f}]") if d.get("ci_low") is not None else ""
+
+
+def delta_text(d: dict | None, scale: float = 100.0) -> str:
+    """'+2.6 inconclusive' over '[-1.2, +6.4]': the delta and its verdict, the test's interval below
+    (two short lines keep the table narrow enough for 200 columns)."""
     if not d or d.get("delta") is None:
         return "-"
-    text = f"{100 * d['delta']:+.1f}"
-    if d["within_noise"]:
-        text += " [dim](noise)[/dim]"
-    elif d["se"] is None:
-        text += " [dim](1 seed)[/dim]"
-    return text
+    interval = interval_text(d, scale)
+    return f"{scale * d['delta']:+.1f} {verdict_text(d)}" + (f"\n{interval}" if interval else "")
+
+
+def with_verdict(text: str, d: dict | None) -> str:
+    """A value's cell with its delta's verdict appended where there is one (better or worse)."""
+    return f"{text} {verdict_text(d)}" if d and d["verdict"] in VERDICT_COLOURS else text
+
+
+def seeds_text(d: dict) -> str:
+    needed = d["seeds_needed"]
+    if needed is None:
+        tag = (d.get("reason") or "").split(":")[0]
+        return f"- ({tag})" if tag in SHORT_REASONS else "-"
+    return f"{needed:,}" if isinstance(needed, int) else needed
 
 
 def paper_text(paper: dict) -> str:
@@ -89,50 +117,50 @@ def table_console() -> Console:
     return console if console.is_terminal else Console(width=200)
 
 
+def _columns(doc: dict) -> list[tuple]:
+    """(header, justify, cell) of the main table; a column nobody has a value for is left out."""
+    variants = doc["variants"]
+
+    def deltas(v):
+        return v["delta_vs_baseline"]
+
+    def has(predicate):
+        return any(predicate(v) for v in variants)
+
+    reached = has(lambda v: v["metrics"]["epochs_to_target"]["values"])
+    columns = [
+        ("variant", "left", lambda v: v["name"]),
+        ("changed", "left", lambda v: escape(changes_text(v["changes"]))),
+        ("top-1 %", "right", lambda v: mean_std(v["metrics"]["top1_error"])),
+        ("Δ top-1", "right", lambda v: delta_text(deltas(v).get("top1_error")) if deltas(v) else ""),
+        ("top-5 %", "right", lambda v: mean_std(v["metrics"]["top5_error"])),
+        ("Δ top-5", "right", lambda v: delta_text(deltas(v).get("top5_error")) if deltas(v) else ""),
+        ("paper Δ", "right", lambda v: paper_delta_text(v["paper"])) if has(lambda v: v["paper"]) else None,
+        ("train err %", "right", lambda v: with_verdict(mean_std(v["metrics"]["train_error"]), deltas(v).get("train_error"))),
+        ("ep→tgt", "right", lambda v: with_verdict(mean_std(v["metrics"]["epochs_to_target"], scale=1.0, digits=1),
+                                                   deltas(v).get("epochs_to_target"))) if reached else None,
+        ("s→tgt", "right", lambda v: mean_std(v["metrics"]["time_to_target_s"], scale=1.0, digits=0)) if reached else None,
+        ("img/s", "right", lambda v: number(v["metrics"]["train_images_per_s"]["mean"])),
+        ("params", "right", lambda v: number(v["parameters"])),
+        ("status", "left", lambda v: status_text(v["status"])) if has(lambda v: v["status"] != "ok") else None,
+    ]
+    return [c for c in columns if c is not None]
+
+
 def render(doc: dict, console: Console) -> None:
     table = Table(title=f"{doc['experiment']}  ({doc['run_dir']})", title_justify="left")
-    columns = [
-        ("variant", "left"), ("changed", "left"), ("top-1 %", "right"), ("Δ top-1", "right"), ("top-5 %", "right"),
-        ("Δ top-5", "right"), ("paper Δ", "right"), ("train err %", "right"), ("ep→tgt", "right"), ("s→tgt", "right"),
-        ("img/s", "right"), ("params", "right"), ("status", "left"),
-    ]
-    for name, justify in columns:
+    columns = _columns(doc)
+    for name, justify, _ in columns:
         table.add_column(name, justify=justify, max_width=30 if name == "changed" else None, overflow="fold")
-    seeds = set()
-    notes = []
     for v in doc["variants"]:
-        m = v["metrics"]
-        d = v["delta_vs_baseline"]
-        seeds.add(len(m["top1_error"]["values"]))  # the seeds that finished, which the means are over
-        if v["paper"].get("claim"):
-            notes.append(f"{v['name']}: the paper: {v['paper']['claim']}")
-        table.add_row(
-            v["name"],
-            escape(changes_text(v["changes"])),
-            mean_std(m["top1_error"]),
-            delta_text(d.get("top1_error")) if d else "",
-            mean_std(m["top5_error"]),
-            delta_text(d.get("top5_error")) if d else "",
-            paper_delta_text(v["paper"]),
-            mean_std(m["train_error"]),
-            mean_std(m["epochs_to_target"], scale=1.0, digits=1),
-            mean_std(m["time_to_target_s"], scale=1.0, digits=0),
-            number(m["train_images_per_s"]["mean"]),
-            number(v["parameters"]),
-            status_text(v["status"]),
-        )
+        table.add_row(*(cell(v) for _, _, cell in columns))
     console.print(table)
-    n = max(seeds) if seeds else 0
-    if n <= 1:
-        console.print("[dim]One seed per variant: no spread was measured, so no Δ can be told apart from noise.[/dim]")
-    else:
-        console.print(
-            f"[dim]Errors: mean ± standard deviation over {n if len(seeds) == 1 else 'the finished'} seeds. Δ = variant − baseline in percentage points; "
-            f"(noise): no larger than twice its standard error. Paper Δ: top-1/top-5 on ImageNet. "
-            f"ep→tgt, s→tgt: epochs and training seconds to the target training error.[/dim]"
-        )
-    for note in notes:
-        console.print(f"[dim]{escape(note)}[/dim]")
+    for line in footnote(doc, {name for name, _, _ in columns}):
+        console.print(f"[dim]{escape(line)}[/dim]")
+    for v in doc["variants"]:
+        if v["paper"].get("claim"):
+            console.print(f"[dim]{escape(v['name'])}: the paper: {escape(v['paper']['claim'])}[/dim]")
+    render_paper_checks(doc, console)
     if doc.get("compare"):
         render_speedups(doc["compare"], console)
     for v in doc["variants"]:
@@ -141,6 +169,111 @@ def render(doc: dict, console: Console) -> None:
                 where = f" at epoch {p['epoch']}, step {p['step']}" if p["epoch"] is not None else ""
                 plugin = f" [plugin {p['plugin']}]" if p.get("plugin") else ""
                 console.print(f"[yellow]{escape(v['name'])} seed {p['seed']}: {p['status']}{where}{escape(plugin)}: {escape(str(p['message']))}[/yellow]")
+
+
+def footnote(doc: dict, shown: set) -> list[str]:
+    """What the numbers are: the spread, then how each Δ was judged (test, level, correction, looks)."""
+    seeds = {len(v["metrics"]["top1_error"]["values"]) for v in doc["variants"]}  # the finished seeds the means are over
+    n = max(seeds) if seeds else 0
+    lines = []
+    if n <= 1:
+        lines.append("One seed per variant: no spread was measured, so no Δ has a verdict; 3 or more seeds per arm give one (--seeds 3).")
+    else:
+        lines.append(f"Errors: mean ± standard deviation over {n if len(seeds) == 1 else 'the finished'} seeds. "
+                     "Δ = variant − baseline in percentage points, its interval below it."
+                     + (" Paper Δ: top-1/top-5 on ImageNet." if "paper Δ" in shown else ""))
+        if doc.get("statistics"):
+            rows = [(v["name"], v["delta_vs_baseline"], v.get("pairing")) for v in doc["variants"][1:]]
+            lines += verdict_notes(doc["statistics"], rows, "", "train err or ep→tgt" if "ep→tgt" in shown else "train err")
+    if "ep→tgt" in shown:
+        lines.append("ep→tgt, s→tgt: epochs and training seconds to the target training error; (k/n): seeds that reached it.")
+    return lines
+
+
+def variants_count(n: int, what: str = "") -> str:
+    return f"{n} variant{'s' if n != 1 else ''}{what}"
+
+
+def verdict_notes(st: dict, rows: list[tuple], what: str = "", worded: str = "") -> list[str]:
+    """The footnote on the verdicts (plain text). rows: (name, {metric: judged delta}, pairing) per
+    comparison; what: after "N variants" (e.g. " compared"); worded: the value columns that carry
+    their delta's verdict word."""
+    family = variants_count(st["family_size"], what)
+    level = f"{100 * st['interval_level']:.4g}%"
+    if st["correction"] == "dunnett":
+        rule = (f"Dunnett's many-to-one test across the {family} (pooled variance, seeds not paired): "
+                f"p and the {level} intervals adjusted")
+    else:
+        adjusted = {"holm": "Holm-adjusted ", "none": "unadjusted "}[st["correction"]]
+        rule = (f"{adjusted}p ≤ {st['alpha'] / st['looks']:.3g}" + (f" across the {family}" if st["correction"] == "holm" else "")
+                + f"; the {level} interval is the test's own, not adjusted for multiplicity")
+    lines = [f"Verdicts (lower is better): better / worse by {rule}; else inconclusive (reasons and p-values in --json)."
+             + (f" A word after {worded}: that Δ's verdict." if worded else "")]
+    if st["looks"] > 1:
+        lines.append(f"Alpha {st['alpha']:.3g} is split over {st['looks']} planned looks (Bonferroni): "
+                     f"each look tests at {st['alpha'] / st['looks']:.3g}.")
+    lines.append("Tests: " + tests_text(rows) + ".")
+    return lines
+
+
+PAIRED_SHARES = "same data order, augmentation draws, and initial weights where the shapes agree"
+
+
+def tests_text(rows: list[tuple]) -> str:
+    """Which test judged which comparisons: 'paired t ... for every comparison; Welch's t for x ([data] differs)'."""
+    groups: dict[str, list] = {}
+    for name, deltas, pairing in rows:
+        test = (deltas.get("top1_error") or {}).get("test")
+        if test == "paired-t":
+            groups.setdefault(f"paired t over the seeds both arms finished (seed k: {PAIRED_SHARES})", []).append(name)
+        elif test == "welch":
+            why = pairing["why"].split(":")[0] if pairing else ""
+            groups.setdefault("Welch's t (unpaired)", []).append(f"{name} ({why})" if why else name)
+        elif test == "dunnett":
+            groups.setdefault("Dunnett's" + (" (the seeds would pair)" if pairing and pairing["seeds"] else ""), []).append(name)
+        else:
+            groups.setdefault("none", []).append(name)
+    parts = []
+    for label, names in groups.items():
+        if label == "none":
+            parts.append(f"no test for {_names(names, len(rows))} (too few seeds)")
+        elif label.startswith("Welch"):
+            parts.append(f"{label} for " + "; ".join(names))
+        else:
+            parts.append(f"{label} for {_names(names, len(rows))}")
+    return "; ".join(parts) or "none"
+
+
+def _names(names: list, total: int) -> str:
+    if len(names) == total:
+        return "every comparison" if total > 1 else names[0]
+    return ", ".join(names) if len(names) <= 4 else f"{len(names)} of them"
+
+
+def render_paper_checks(doc: dict, console: Console) -> None:
+    """Where a variant carries the paper's delta: the measured one beside it, whether they agree, and
+    the seeds per arm that would detect the paper's delta."""
+    rows = [(v["name"], label, v["delta_vs_baseline"][metric]) for v in doc["variants"][1:]
+            for label, metric in (("top-1", "top1_error"), ("top-5", "top5_error"))
+            if "paper_check" in v["delta_vs_baseline"].get(metric, {})]
+    if not rows:
+        return
+    table = Table(title="the paper's Δ against the measured Δ (variant − baseline, points)", title_justify="left")
+    for col in ("variant", "metric", "paper Δ", "measured Δ", "interval", "check", "seeds for 80% power"):
+        table.add_column(col, justify="left" if col in ("variant", "metric", "check") else "right")
+    colours = {"agrees": "green", "contradicts": "yellow", "cannot tell": "dim"}
+    for name, label, d in rows:
+        check = f"[{colours[d['paper_check']]}]{d['paper_check']}[/{colours[d['paper_check']]}]"
+        measured = f"{100 * d['delta']:+.1f} {verdict_text(d)}" if d["delta"] is not None else "-"
+        table.add_row(name, label, f"{100 * d['paper_delta']:+.1f}", measured, interval_text(d), check, seeds_text(d))
+    console.print(table)
+    st = doc["statistics"]
+    looks = f" / {st['looks']} looks" if st["looks"] > 1 else ""
+    family = f" / {variants_count(st['family_size'])}" if st["correction"] != "none" else ""
+    note = (f"agrees / contradicts: the verdict is better or worse, with the paper's sign / the opposite sign; else cannot tell. "
+            f"Seeds: per arm (pairs when paired) for {100 * st['power']:g}% power to detect the paper's Δ with the measured spread, "
+            f"at alpha {st['planning_alpha']:.2g} ({st['alpha']:.3g}{family}{looks}, Bonferroni); enough: this run has them.")
+    console.print(f"[dim]{escape(note)}[/dim]")
 
 
 def render_speedups(compare: dict, console: Console) -> None:
@@ -176,38 +309,23 @@ def render_speedups(compare: dict, console: Console) -> None:
     )
 
 
-def render_comparison(a: dict, b: dict, console: Console) -> None:
-    """Two runs variant by variant: top-1 and top-5 error of each and the difference."""
+def render_comparison(comparison: dict, console: Console) -> None:
+    """Two runs variant by variant: top-1 and top-5 error of each, B − A with its verdict and interval."""
+    a, b = comparison["a"], comparison["b"]
     table = Table(title=f"{a['run_dir']}  vs  {b['run_dir']}", title_justify="left")
-    for col in ("variant", "top-1 % (A)", "top-1 % (B)", "B − A pp", "top-5 % (A)", "top-5 % (B)", "B − A pp", "status A / B"):
+    for col in ("variant", "top-1 % (A)", "top-1 % (B)", "B − A", "top-5 % (A)", "top-5 % (B)", "B − A", "status A / B"):
         table.add_column(col, justify="left" if col.startswith(("variant", "status")) else "right")
-    right = {v["name"]: v for v in b["variants"]}
-    names = [v["name"] for v in a["variants"]] + [n for n in right if n not in {v["name"] for v in a["variants"]}]
-    left = {v["name"]: v for v in a["variants"]}
-    for name in names:
-        va, vb = left.get(name), right.get(name)
-        cells = [name]
+    status = {side: {v["name"]: v["status"] for v in doc["variants"]} for side, doc in (("a", a), ("b", b))}
+    for row in comparison["variants"]:
+        cells = [row["name"]]
         for metric in ("top1_error", "top5_error"):
-            ma = va["metrics"][metric] if va else None
-            mb = vb["metrics"][metric] if vb else None
-            cells += [mean_std(ma) if ma else "-", mean_std(mb) if mb else "-"]
-            if ma and mb and ma["mean"] is not None and mb["mean"] is not None:
-                cells.append(f"{100 * (mb['mean'] - ma['mean']):+.1f}")
-            else:
-                cells.append("-")
-        cells.append(f"{va['status'] if va else '-'} / {vb['status'] if vb else '-'}")
+            cells += [mean_std(row[side][metric]) if row[side] else "-" for side in ("a", "b")]
+            cells.append(delta_text(row["difference"].get(metric)))
+        cells.append(f"{status['a'].get(row['name'], '-')} / {status['b'].get(row['name'], '-')}")
         table.add_row(*cells)
     console.print(table)
-
-
-def comparison_doc(a: dict, b: dict) -> dict:
-    right = {v["name"]: v for v in b["variants"]}
-    rows = []
-    for va in a["variants"]:
-        vb = right.get(va["name"])
-        row = {"name": va["name"], "a": va["metrics"], "b": vb["metrics"] if vb else None, "difference": {}}
-        for metric in ("top1_error", "top5_error"):
-            if vb and va["metrics"][metric]["mean"] is not None and vb["metrics"][metric]["mean"] is not None:
-                row["difference"][metric] = vb["metrics"][metric]["mean"] - va["metrics"][metric]["mean"]
-        rows.append(row)
-    return {"a": a, "b": b, "variants": rows}
+    console.print("[dim]B − A: run B's variant minus run A's same variant, in percentage points, its interval below it.[/dim]")
+    rows = [(r["name"], r["difference"], r["pairing"]) for r in comparison["variants"] if r["difference"]]
+    if rows:
+        for line in verdict_notes(comparison["statistics"], rows, " compared"):
+            console.print(f"[dim]{escape(line)}[/dim]")

@@ -10,12 +10,13 @@ import statistics
 import time
 from pathlib import Path
 
+from testbed import verdicts
 from testbed.errors import BadInput
 from testbed.experiment import Experiment
 from testbed.rundir import EXPERIMENT_NAME, STORE_NAME
+from testbed.verdicts import Arm
 
 METRICS = ("top1_error", "top5_error", "train_error", "train_loss", "epochs_to_target", "time_to_target_s", "train_images_per_s")
-DELTA_METRICS = ("top1_error", "top5_error", "train_error")
 FINISHED = ("ok", "diverged")  # resume skips these; failed and interrupted jobs run again
 
 SCHEMA = """
@@ -149,66 +150,146 @@ def spread(values: list) -> dict:
     }
 
 
-def delta(variant: dict, baseline: dict) -> dict:
-    """variant minus baseline; se = sqrt(s_v^2/n_v + s_b^2/n_b); within noise when |delta| <= 2 se
-    (so a difference of exactly zero between seeds that all agree counts as no effect)."""
-    if variant["mean"] is None or baseline["mean"] is None:
-        return {"delta": None, "se": None, "within_noise": None}
-    d = variant["mean"] - baseline["mean"]
-    if variant["std"] is None or baseline["std"] is None:
-        return {"delta": d, "se": None, "within_noise": None}
-    se = math.sqrt(variant["std"] ** 2 / len(variant["values"]) + baseline["std"] ** 2 / len(baseline["values"]))
-    return {"delta": d, "se": se, "within_noise": abs(d) <= 2 * se}
+COMPARED = ("top1_error", "top5_error", "train_error", "epochs_to_target")  # each with a verdict
+PAPER_METRICS = {"top1": "top1_error", "top5": "top5_error"}  # the paper's deltas, in points
 
 
-def summarize(store: Store, run_dir: Path) -> dict:
-    """The document `testbed run --json` and `testbed report --json` print."""
-    experiment = store.experiment()
-    jobs = store.jobs()
-    by_variant: dict[str, list[dict]] = {}
+def arm(jobs: list[dict], metric: str) -> Arm:
+    """A metric's values by seed over finished jobs. Where a seed never reached the target, its
+    epochs to the target enter as a lower bound: the epochs it ran + 1."""
+    values, censored = {}, set()
     for job in jobs:
-        by_variant.setdefault(job["variant"], []).append(job)
-    variants = []
-    for v in experiment.variants:
-        runs = by_variant.get(v.name)
-        if not runs:
-            continue
-        ok = [j for j in runs if j["status"] == "ok"]
-        statuses = sorted({j["status"] for j in runs})
-        status = statuses[0] if len(statuses) == 1 else "mixed: " + ", ".join(f"{sum(j['status'] == s for j in runs)} {s}" for s in statuses)
-        metrics = {m: spread([j["metrics"][m] for j in ok]) for m in METRICS}
-        problems = [
-            {"seed": j["seed"], "status": j["status"], "message": j["message"], "plugin": j["plugin"], "epoch": j["epoch"], "step": j["step"]}
-            for j in runs
-            if j["status"] != "ok"
-        ]
-        components = next((j["components"] for j in runs if j["components"]), None)
-        variants.append(
-            {
-                "name": v.name,
-                "status": status,
-                "changes": v.changes,
-                "components": components,
-                "seeds": [j["seed"] for j in runs],
-                "parameters": next((j["metrics"]["parameters"] for j in ok), None),
-                "metrics": metrics,
-                "delta_vs_baseline": {},
-                "paper": v.paper,
-                "problems": problems,
-                "environment": next((j["environment"] for j in runs if j["environment"]), None),
-            }
-        )
-    if variants and variants[0]["name"] == "baseline":
-        base = variants[0]["metrics"]
+        metrics = job["metrics"] or {}
+        value = metrics.get(metric)
+        if value is None and metric == "epochs_to_target" and metrics.get("epochs") is not None:
+            value = metrics["epochs"] + 1
+            censored.add(job["seed"])
+        if value is not None:
+            values[job["seed"]] = float(value)
+    return Arm(values, frozenset(censored))
+
+
+def seed_policies(jobs: list[dict]) -> dict:
+    """Finished seed -> the job's record of which sources of variation its seed changes (None: not recorded)."""
+    return {j["seed"]: j.get("seed_varies", (j.get("environment") or {}).get("seed_varies")) for j in jobs}
+
+
+def judge_table(rows: list[tuple], settings: verdicts.Settings, shared_control: bool) -> tuple[dict, dict]:
+    """rows: (name, config, finished jobs, reference config, reference's finished jobs), one per
+    comparison of a table. Returns name -> {metric: judged delta} and name -> pairing."""
+    pairing = {}
+    for name, config, jobs, ref_config, ref_jobs in rows:
+        seeds, why = verdicts.pair_seeds(ref_config, config, seed_policies(ref_jobs), seed_policies(jobs))
+        pairing[name] = {"design": "paired" if seeds else "unpaired", "seeds": seeds, "why": why}
+    deltas: dict[str, dict] = {row[0]: {} for row in rows}
+    for metric in COMPARED:
+        comparisons = {name: (arm(jobs, metric), arm(ref_jobs, metric), pairing[name]["seeds"]) for name, _, jobs, _, ref_jobs in rows}
+        control = arm(rows[0][4], metric) if shared_control and rows else None
+        for name, result in verdicts.judge(comparisons, settings, control).items():
+            deltas[name][metric] = result
+    return deltas, pairing
+
+
+def statistics_block(settings: verdicts.Settings, family: int, shared_control: bool) -> dict:
+    """How the table's deltas were judged, for --json and the footnote."""
+    correction = settings.correction if shared_control or settings.correction != "dunnett" else "holm"
+    used = verdicts.Settings(settings.confidence, correction, settings.looks)
+    return {**used.as_json(), "family_size": family, "planning_alpha": verdicts.planning_alpha(used, family),
+            "lower_is_better": True, "intervals_adjusted": correction == "dunnett"}
+
+
+def _variant_entry(v, runs: list[dict]) -> dict:
+    ok = [j for j in runs if j["status"] == "ok"]
+    statuses = sorted({j["status"] for j in runs})
+    status = statuses[0] if len(statuses) == 1 else "mixed: " + ", ".join(f"{sum(j['status'] == s for j in runs)} {s}" for s in statuses)
+    problems = [
+        {"seed": j["seed"], "status": j["status"], "message": j["message"], "plugin": j["plugin"], "epoch": j["epoch"], "step": j["step"]}
+        for j in runs
+        if j["status"] != "ok"
+    ]
+    return {
+        "name": v.name,
+        "status": status,
+        "changes": v.changes,
+        "components": next((j["components"] for j in runs if j["components"]), None),
+        "seeds": [j["seed"] for j in runs],
+        "parameters": next((j["metrics"]["parameters"] for j in ok), None),
+        "metrics": {m: spread([j["metrics"][m] for j in ok]) for m in METRICS},
+        "delta_vs_baseline": {},
+        "paper": v.paper,
+        "problems": problems,
+        "environment": next((j["environment"] for j in runs if j["environment"]), None),
+    }
+
+
+def finished_jobs(store: Store) -> tuple[Experiment, list[dict], dict]:
+    """The experiment, all its jobs, and variant name -> its finished (ok) jobs."""
+    jobs = store.jobs()
+    finished: dict[str, list[dict]] = {}
+    for job in jobs:
+        finished.setdefault(job["variant"], [])
+        if job["status"] == "ok":
+            finished[job["variant"]].append(job)
+    return store.experiment(), jobs, finished
+
+
+def summarize(store: Store, run_dir: Path, confidence=None, correction=None, looks=None) -> dict:
+    """The document `testbed run --json` and `testbed report --json` print. The level, correction
+    and looks: the arguments where given, else the experiment's [report] settings, else the defaults."""
+    experiment, jobs, finished = finished_jobs(store)
+    settings = verdicts.settings(experiment.report, confidence, correction, looks)
+    present = [v for v in experiment.variants if v.name in finished]
+    variants = [_variant_entry(v, [j for j in jobs if j["variant"] == v.name]) for v in present]
+    doc = {"experiment": experiment.name, "run_dir": str(run_dir), "status": None, "variants": variants}
+    if present and present[0].name == "baseline" and len(present) > 1:
+        base = present[0]
+        rows = [(v.name, v.config, finished[v.name], base.config, finished["baseline"]) for v in present[1:]]
+        deltas, pairing = judge_table(rows, settings, shared_control=True)
+        doc["statistics"] = statistics_block(settings, len(rows), shared_control=True)
         for entry in variants[1:]:
-            entry["delta_vs_baseline"] = {m: delta(entry["metrics"][m], base[m]) for m in DELTA_METRICS}
-    compare = speedups(experiment, jobs) if experiment.compare else None
+            entry["delta_vs_baseline"], entry["pairing"] = deltas[entry["name"]], pairing[entry["name"]]
+            add_paper_checks(entry, doc["statistics"]["planning_alpha"])
     statuses = {j["status"] for j in jobs}
-    overall = "ok" if statuses == {"ok"} else ("incomplete" if statuses & {"pending", "running", "interrupted"} else "failed")
-    doc = {"experiment": experiment.name, "run_dir": str(run_dir), "status": overall, "variants": variants}
-    if compare is not None:
-        doc["compare"] = compare
+    doc["status"] = "ok" if statuses == {"ok"} else ("incomplete" if statuses & {"pending", "running", "interrupted"} else "failed")
+    if experiment.compare:
+        doc["compare"] = speedups(experiment, jobs)
     return doc
+
+
+def add_paper_checks(entry: dict, planning_alpha: float) -> None:
+    """Where the variant carries the paper's delta for a metric: does the measurement agree, and how
+    many seeds would detect the paper's delta."""
+    for key, metric in PAPER_METRICS.items():
+        if key in entry["paper"] and metric in entry["delta_vs_baseline"]:
+            entry["delta_vs_baseline"][metric].update(verdicts.paper_check(entry["delta_vs_baseline"][metric], entry["paper"][key], planning_alpha))
+
+
+def compare_runs(run_a: Path, run_b: Path, confidence=None, correction=None) -> dict:
+    """`testbed report A --vs B`: each variant of B against the same variant of A, with the same
+    statistics (paired where the two runs' jobs pair, else Welch) and Holm across the variants.
+    The level and correction default to run A's settings."""
+    loaded = []
+    for run_dir in (run_a, run_b):
+        store = Store.open_run(run_dir)
+        try:
+            loaded.append((summarize(store, run_dir, confidence, correction), *finished_jobs(store)))
+        finally:
+            store.close()
+    (doc_a, exp_a, _, fin_a), (doc_b, exp_b, _, fin_b) = loaded
+    settings = verdicts.settings(exp_a.report, confidence, correction)
+    configs_b = {v.name: v.config for v in exp_b.variants}
+    both = [v for v in exp_a.variants if v.name in fin_a and v.name in fin_b and v.name in configs_b]
+    rows = [(v.name, configs_b[v.name], fin_b[v.name], v.config, fin_a[v.name]) for v in both]
+    deltas, pairing = judge_table(rows, settings, shared_control=False) if rows else ({}, {})
+    by_name_b = {v["name"]: v for v in doc_b["variants"]}
+    out = []
+    for va in doc_a["variants"]:
+        vb = by_name_b.get(va["name"])
+        out.append({"name": va["name"], "a": va["metrics"], "b": vb["metrics"] if vb else None,
+                    "difference": deltas.get(va["name"], {}), "pairing": pairing.get(va["name"])})
+    out += [{"name": n, "a": None, "b": vb["metrics"], "difference": {}, "pairing": None} for n, vb in by_name_b.items()
+            if n not in {v["name"] for v in doc_a["variants"]}]
+    return {"a": doc_a, "b": doc_b, "statistics": statistics_block(settings, len(rows), shared_control=False), "variants": out}
 
 
 def compared_value(config: dict, key: str):

@@ -36,6 +36,7 @@ class RunOptions:
     json: bool = False
     quiet: bool = False
     executor: dict = dataclasses.field(default_factory=lambda: {"name": "serial"})  # a component spec
+    statistics: dict = dataclasses.field(default_factory=dict)  # confidence / correction for the summary (default: the run's)
 
 
 @dataclass
@@ -219,7 +220,7 @@ def _execute(experiment: Experiment, run_dir: Path, registry, executor, options:
     if not rank0:
         return Outcome({}, 0, interrupted)
     phase("summary")
-    doc = summarize(store, run_dir)
+    doc = summarize(store, run_dir, **options.statistics)
     try:
         from testbed.plots import make_learning_curves
 

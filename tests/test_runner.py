@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import scipy.stats
 import torch
 from click.testing import CliRunner
 from torch import nn
@@ -19,7 +20,6 @@ from torch import nn
 import testbed
 from conftest import run_testbed, start_testbed
 from testbed.cli import main
-from testbed.results import delta
 
 LEARNING = ("top1_error", "top5_error", "train_error", "train_loss", "epochs_to_target")
 
@@ -78,9 +78,11 @@ def test_mean_std_and_delta_come_from_the_stored_seeds(tmp_path):
     base, var = by_name["baseline"]["metrics"]["top1_error"], by_name["no-lrn"]["metrics"]["top1_error"]
     d = by_name["no-lrn"]["delta_vs_baseline"]["top1_error"]
     assert d["delta"] == pytest.approx(var["mean"] - base["mean"])
-    se = (statistics.stdev(var["values"]) ** 2 / 2 + statistics.stdev(base["values"]) ** 2 / 2) ** 0.5
-    assert d["se"] == pytest.approx(se)
-    assert d["within_noise"] == (abs(d["delta"]) <= 2 * se)
+    # the same data and seeds: a paired test on the two seeds' differences
+    differences = [v - b for v, b in zip(var["values"], base["values"])]
+    assert d["test"] == "paired-t" and d["se"] == pytest.approx(statistics.stdev(differences) / 2**0.5)
+    assert d["p_value"] == pytest.approx(scipy.stats.ttest_rel(var["values"], base["values"]).pvalue)
+    assert d["verdict"] in ("better", "worse", "inconclusive") and "paper_check" in d and "seeds_needed" in d
     assert by_name["no-lrn"]["paper"] == {"top1": 1.4, "top5": 1.2}
     # the run directory holds the store, the resolved experiment and both kinds of plot
     run = tmp_path / "run"
@@ -125,19 +127,6 @@ def completed_epochs(run: Path) -> int:
         return db.execute("SELECT COUNT(*) FROM epochs").fetchone()[0]
     except sqlite3.Error:
         return 0
-
-
-def test_delta_noise_mark_by_hand():
-    def m(*values):
-        mean = sum(values) / len(values)
-        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-        return {"mean": mean, "std": std, "values": list(values)}
-
-    d = delta(m(0.50, 0.54), m(0.40, 0.42))  # se = sqrt(0.02^2 + 0.01^2) ~ 0.0224 (std/sqrt2 each)
-    assert d["delta"] == pytest.approx(0.11) and d["se"] == pytest.approx((0.0008 / 2 + 0.0002 / 2) ** 0.5)
-    assert d["within_noise"] is False
-    assert delta(m(0.50, 0.54), m(0.48, 0.50))["within_noise"] is True  # 0.03 < 2 x 0.0224
-    assert delta(m(0.9, 0.9), m(0.9, 0.9))["within_noise"] is True  # no difference is no effect
 
 
 def test_resume_after_sigkill_gives_the_uninterrupted_metrics(tmp_path):
