@@ -111,6 +111,27 @@ def statistics_options(fn):
     return click.option("--confidence", metavar="LEVEL", help="Confidence level of intervals and verdicts, 0 < LEVEL < 1 (default 0.95).")(fn)
 
 
+def rounds_options(fn):
+    """--until-resolved and --max-seeds: seeds added in rounds while verdicts are open."""
+    fn = click.option("--max-seeds", type=int, metavar="N",
+                      help=f"With --until-resolved: at most N seeds per variant (default {DEFAULT_MAX_SEEDS}).")(fn)
+    return click.option("--until-resolved", is_flag=True,
+                        help="After the seeds run, add a seed to the baseline and to every variant whose top-1 verdict is "
+                             "still inconclusive, round after round, until each is resolved or has --max-seeds.")(fn)
+
+
+DEFAULT_MAX_SEEDS = 10
+
+
+def _planned(experiment, until_resolved: bool, max_seeds):
+    """The experiment with its rounds planned, or as it is (--max-seeds needs --until-resolved)."""
+    from testbed import rounds
+
+    if max_seeds is not None and not until_resolved:
+        raise BadInput(f"--max-seeds {max_seeds}: only with --until-resolved")
+    return rounds.plan(experiment, max_seeds or DEFAULT_MAX_SEEDS) if until_resolved else experiment
+
+
 def _statistics(confidence, correction) -> dict:
     """The given ones, checked (bad values exit 2 with one line)."""
     from testbed.verdicts import check_confidence, check_correction
@@ -173,8 +194,10 @@ def executor_spec(executor, workers, scheduler, threads) -> dict:
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @executor_options
 @statistics_options
+@rounds_options
 @guarded
-def run(file, out, sets, only, seeds, device, as_json, force, quiet, executor, workers, scheduler, threads, confidence, correction):
+def run(file, out, sets, only, seeds, device, as_json, force, quiet, executor, workers, scheduler, threads, confidence, correction,
+        until_resolved, max_seeds):
     """Train every variant x seed of FILE and print the side-by-side table.
 
     A crash or Ctrl-C leaves a run directory that `testbed resume DIR` continues."""
@@ -186,7 +209,7 @@ def run(file, out, sets, only, seeds, device, as_json, force, quiet, executor, w
     stats = _statistics(confidence, correction)
     experiment, registry = _load(file, sets)
     experiment = dataclasses.replace(experiment, report={**experiment.report, **stats})  # stored: `report DIR` judges alike
-    experiment = runner.select(experiment, list(only), seeds)
+    experiment = _planned(runner.select(experiment, list(only), seeds), until_resolved, max_seeds)
     options = runner.RunOptions(device, as_json, quiet, executor_spec(executor, workers, scheduler, threads), stats)
     dist = runner.distributed_from_env(experiment, registry)
     runner.check_executor(options.executor, registry, dist)
@@ -233,19 +256,25 @@ def _finish(outcome, run_dir: Path, as_json: bool, rank: int = 0):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option("--seeds", type=int, metavar="N", help="Give every variant at least N seeds: the ones it has are kept, not retrained.")
 @executor_options
 @statistics_options
+@rounds_options
 @guarded
-def resume(run_dir, device, as_json, quiet, executor, workers, scheduler, threads, confidence, correction):
+def resume(run_dir, device, as_json, quiet, seeds, executor, workers, scheduler, threads, confidence, correction, until_resolved, max_seeds):
     """Continue an interrupted run: unfinished jobs restart from their last checkpoint,
-    finished ones are skipped. It may run where the first run did not (--workers, --scheduler)."""
-    from testbed import runner
+    finished ones are skipped. It may run where the first run did not (--workers, --scheduler).
+    A finished run grows: --seeds N adds seeds, --until-resolved adds them where verdicts are open."""
+    from testbed import rounds, runner
     from testbed.results import Store
 
     stats = _statistics(confidence, correction)
     store = Store.open_run(run_dir)
     experiment = store.experiment()
     store.close()
+    if seeds is not None:
+        experiment = rounds.add_seeds(experiment, seeds)
+    experiment = _planned(experiment, until_resolved, max_seeds)  # stored once the run directory is locked
     registry = _registry()
     options = runner.RunOptions(device, as_json, quiet, executor_spec(executor, workers, scheduler, threads), stats)
     dist = runner.distributed_from_env(experiment, registry)

@@ -20,6 +20,7 @@ from testbed.schema import (  # noqa: F401  (SCHEMA and MAX_INT: part of this mo
     COMPARE_KEYS,
     MAX_INT,
     PAPER_KEYS,
+    REPORT_KEYS,
     SCHEMA,
     TOP_LEVEL,
     VARIANT_KEYS,
@@ -153,6 +154,7 @@ def build_experiment(raw: dict, registry: Registry, path: str = "experiment.toml
         raise BadInput(f"name = {_short(name)}: use letters, digits, '-', '_' and '.' (no leading dot, at most {MAX_NAME})")
     _check_description(raw, "")
     compare = _check_compare(raw.get("compare", {}))
+    report = _check_report(raw.get("report", {}))
     base_raw = {section: copy.deepcopy(raw.get(section, {})) for section in SCHEMA}
     for section in SCHEMA:
         if not isinstance(base_raw[section], dict):
@@ -166,7 +168,7 @@ def build_experiment(raw: dict, registry: Registry, path: str = "experiment.toml
     variants = [baseline]
     for i, table in enumerate(variant_tables):
         variants.append(_variant(table, i, {v.name for v in variants}, base_raw, registry))
-    return Experiment(name, path, tuple(variants), raw.get("description", ""), overrides, compare)
+    return Experiment(name, path, tuple(variants), raw.get("description", ""), overrides, compare, report)
 
 
 def _variant(table: Any, index: int, taken: set[str], base_raw: dict, registry: Registry) -> Variant:
@@ -216,6 +218,25 @@ def _check_description(table: dict, where: str) -> None:
     for key in ("description", "setting"):
         if not isinstance(table.get(key, ""), str):
             raise BadInput(f"{where}{key} = {_short(table[key])}: expected a string")
+
+
+def _check_report(table) -> dict:
+    """[report]: how the table's deltas are judged (the command line's --confidence/--correction win)."""
+    if not isinstance(table, dict):
+        raise BadInput(f"report = {_short(table)}: expected a table like {{ confidence = 0.95, correction = \"holm\" }}")
+    for key in table:
+        if key not in REPORT_KEYS:
+            raise BadInput(f"report.{key}: unknown key{did_you_mean(key, REPORT_KEYS)}; valid: {', '.join(REPORT_KEYS)}")
+    out = dict(REPORT_DEFAULTS)
+    if not table:
+        return out
+    from testbed.verdicts import check_confidence, check_correction  # scipy: only when asked
+
+    if "confidence" in table:
+        out["confidence"] = check_confidence(table["confidence"], "report.confidence =")
+    if "correction" in table:
+        out["correction"] = check_correction(table["correction"], "report.correction =")
+    return out
 
 
 def _check_compare(table) -> dict:

@@ -97,7 +97,7 @@ def execute_job(spec: JobSpec, events: JobEvents, stop: StopFlag, dist: Dist, re
         seeds = job_seeds(spec.seed, v.config["train"]["seed_varies"], v.config["data"]["seed"])
         data = load_dataset(v.config["data"], registry, seed=seeds["subset"])  # cached per process
         steps = max(1, len(data) // v.config["train"]["batch_size"])
-        events.started(spec, history, component_records(v.config, registry), {**environment(device, dist), "seeds": seeds}, steps)
+        events.started(spec, history, component_records(v.config, registry), {**environment(device, dist), "seeds": seeds, "seed_varies": list(v.config["train"]["seed_varies"])}, steps)
         ctx = JobContext(v, spec.seed, data, registry, device, ckpt, on_epoch=lambda record: events.epoch(spec, record),
                          on_progress=lambda p: events.progress(spec, p), stop=stop, dist=dist, seeds=seeds)
         result = run_job(ctx)

@@ -185,9 +185,21 @@ def footnote(doc: dict, shown: set) -> list[str]:
         if doc.get("statistics"):
             rows = [(v["name"], v["delta_vs_baseline"], v.get("pairing")) for v in doc["variants"][1:]]
             lines += verdict_notes(doc["statistics"], rows, "", "train err or ep→tgt" if "ep→tgt" in shown else "train err")
+    lines += seed_policy_notes(doc["variants"])
     if "ep→tgt" in shown:
         lines.append("ep→tgt, s→tgt: epochs and training seconds to the target training error; (k/n): seeds that reached it.")
     return lines
+
+
+def seed_policy_notes(variants: list[dict]) -> list[str]:
+    """train.seed_varies: which sources of variation a seed changes (the rest is fixed)."""
+    policies = {tuple(v.get("seed_varies") or ()) for v in variants}
+    if len(policies) == 1:
+        (policy,) = policies
+        varied = ", ".join(policy) if policy else "nothing"
+        return [f"Seed k varies: {varied} (train.seed_varies); the rest is the same for every seed."]
+    return ["Seed k varies, per variant (train.seed_varies): "
+            + "; ".join(f"{v['name']}: {', '.join(v.get('seed_varies') or ()) or 'nothing'}" for v in variants) + "."]
 
 
 def variants_count(n: int, what: str = "") -> str:
@@ -216,7 +228,7 @@ def verdict_notes(st: dict, rows: list[tuple], what: str = "", worded: str = "")
     return lines
 
 
-PAIRED_SHARES = "same data order, augmentation draws, and initial weights where the shapes agree"
+PAIRED_SHARES = "both arms draw the same subset, order, augmentation and dropout streams, and the same initial weights where the shapes agree"
 
 
 def tests_text(rows: list[tuple]) -> str:

@@ -213,6 +213,7 @@ def _variant_entry(v, runs: list[dict]) -> dict:
         "changes": v.changes,
         "components": next((j["components"] for j in runs if j["components"]), None),
         "seeds": [j["seed"] for j in runs],
+        "seed_varies": recorded_seed_policy(v, ok),
         "parameters": next((j["metrics"]["parameters"] for j in ok), None),
         "metrics": {m: spread([j["metrics"][m] for j in ok]) for m in METRICS},
         "delta_vs_baseline": {},
@@ -220,6 +221,13 @@ def _variant_entry(v, runs: list[dict]) -> dict:
         "problems": problems,
         "environment": next((j["environment"] for j in runs if j["environment"]), None),
     }
+
+
+def recorded_seed_policy(v, ok: list[dict]) -> list[str]:
+    """What the seed varied, as the finished jobs recorded it (the experiment's setting where a
+    job predates the record)."""
+    recorded = {tuple(p) for p in seed_policies(ok).values() if p is not None}
+    return list(next(iter(recorded))) if len(recorded) == 1 else list(v.config["train"].get("seed_varies", []))
 
 
 def finished_jobs(store: Store) -> tuple[Experiment, list[dict], dict]:

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import torch
 
-from testbed import distributed
+from rich.console import Console
+from rich.markup import escape
+
+from testbed import distributed, rounds
 from testbed.assembly import check_job
 from testbed.data import load_dataset
 from testbed.display import Display
@@ -25,7 +28,7 @@ from testbed.experiment import Experiment
 from testbed.faults import phase
 from testbed.jobs import JobEvents, JobOutcome, JobSpec
 from testbed.results import FINISHED, Store, summarize
-from testbed.rundir import RunLock, remove_stale_temp_files
+from testbed.rundir import RunLock, remove_stale_temp_files, write_experiment
 from testbed.signals import StopSignals
 from testbed.train import StopFlag
 
@@ -182,23 +185,45 @@ class Executor:
 
 
 def execute(experiment: Experiment, run_dir: Path, registry, options: RunOptions, dist: Dist) -> Outcome:
-    """Run every unfinished job of the experiment into run_dir with the options' executor;
-    return the summary and the exit code."""
+    """Run every unfinished job of the experiment into run_dir with the options' executor; then,
+    where the experiment plans rounds (``--until-resolved``), one more seed for the baseline and
+    each still-inconclusive variant per round (testbed.rounds), until none is open or each has
+    the maximum. Return the summary and the exit code. The run directory is locked throughout,
+    and the seed lists of a round are written to it before the round starts, so an interrupted
+    round resumes like any run."""
     executor = registry.create("executor", options.executor, key="--executor")
-    rank0 = dist.rank == 0
     device = resolve_device(options.device, dist)
-    lock = RunLock(run_dir).acquire() if rank0 else None
+    lock = RunLock(run_dir).acquire() if dist.rank == 0 else None
     try:
-        return _execute(experiment, run_dir, registry, executor, options, dist, device)
+        if dist.rank == 0:
+            remove_stale_temp_files(run_dir)
+            write_experiment(run_dir, experiment)  # the seeds `resume --seeds` added
+        outcome = _execute(experiment, run_dir, registry, executor, options, dist, device)
+        while "max_seeds" in experiment.report and not outcome.interrupted:
+            step = rounds.next_round(experiment, outcome.doc) if dist.rank == 0 else None
+            seeds = dist.broadcast(rounds.seeds_of(step[0]) if step else None)
+            if seeds is None:
+                break
+            experiment = rounds.with_seeds(experiment, seeds)
+            if dist.rank == 0:
+                write_experiment(run_dir, experiment)
+                _say_round(step[1], experiment, options)
+            outcome = _execute(experiment, run_dir, registry, executor, options, dist, device)
+        return outcome
     finally:
         if lock is not None:
             lock.release()
 
 
+def _say_round(grow: list[str], experiment: Experiment, options: RunOptions) -> None:
+    if not options.quiet:
+        report = experiment.report
+        Console(stderr=True).print(f"[bold]next round[/bold]: {escape(', '.join(grow))} still inconclusive: one more seed for "
+                                   f"the baseline and each (at most {report['max_seeds']} seeds; {report['looks']} planned looks)")
+
+
 def _execute(experiment: Experiment, run_dir: Path, registry, executor, options: RunOptions, dist: Dist, device: torch.device) -> Outcome:
     rank0 = dist.rank == 0
-    if rank0:
-        remove_stale_temp_files(run_dir)
     store = Store(run_dir / "results.sqlite") if rank0 else None
     jobs = grid(experiment, run_dir, device)
     if rank0:

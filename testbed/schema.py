@@ -228,7 +228,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "eval_batch_size": Int(128, 1, 2**20, help="images per forward pass when evaluating (each test view separately)"),
     },
 }
-TOP_LEVEL = ("name", "description", "setting", "compare", "data", "model", "augment", "train", "variant")
+TOP_LEVEL = ("name", "description", "setting", "compare", "report", "data", "model", "augment", "train", "variant")
+REPORT_KEYS = ("confidence", "correction")
 VARIANT_KEYS = ("name", "description", "setting", "paper", "data", "model", "augment", "train")
 COMPARE_KEYS = ("key", "reference", "paper_factor")
 PAPER_KEYS = ("top1", "top5", "claim", "factor", "test_error")

@@ -88,10 +88,10 @@ class Arm:
 def pair_seeds(config_a: dict, config_b: dict, policies_a: dict, policies_b: dict) -> tuple[list | None, str]:
     """The seeds on which arms A and B are compared pairwise, or None for Welch's test; and why.
 
-    Seed k of a job draws the data order and the augmentation stream from (seed, data), and the
-    initial weights from the seed alone (identical wherever the shapes agree); the training subset
-    comes from the [data] table. So seed k of two arms shares these sources of variation, and
-    their per-seed difference cancels them, when:
+    Seed k of a job draws each source of variation it varies (``train.seed_varies``: the subset,
+    the order, augmentation, dropout, the initial weights, identical wherever the shapes agree)
+    from (seed, data) alone. So seed k of two arms shares these draws, and their per-seed
+    difference cancels them, when:
 
     - at least 2 seeds finished in both arms (those are the pairs);
     - their [data] tables are equal apart from ``preprocess`` (the same images, in the same order);
