@@ -59,18 +59,18 @@ def evaluate(model, pipeline: Pipeline, batch_size: int, precision: str, dist: D
     try:
         with torch.inference_mode(), autocast(precision, pipeline.device):
             centre = centre_saturation(model, pipeline, batch_size, dist) if probe and views else None
-            for views, labels in pipeline.test_batches(batch_size, dist.rank, dist.world, views):
+            for batch, labels in pipeline.test_batches(batch_size, dist.rank, dist.world, views):
                 if stop is not None and stop.requested:
                     raise EvaluationStopped()
-                b = views.shape[1]
+                b = batch.shape[1]
                 # one view at a time: a forward pass over all ten views at once is slower on a CPU
                 fmt = pipeline.memory_format
-                probs = model(views[0].contiguous(memory_format=fmt)).float().softmax(-1)
+                probs = model(batch[0].contiguous(memory_format=fmt)).float().softmax(-1)
                 if saturation is not None:
                     saturation.close()  # one batch is enough for a fraction
-                for view in views[1:]:
+                for view in batch[1:]:
                     probs += model(view.contiguous(memory_format=fmt)).float().softmax(-1)
-                probs /= views.shape[0]
+                probs /= batch.shape[0]
                 k = min(5, probs.shape[-1])
                 top = probs.topk(k, dim=-1).indices
                 hit1 = top[:, 0] == labels
