@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 os.environ.setdefault("TESTBED_DISABLE_PLUGIN_AUTOLOAD", "1")  # the built-ins, as the tests see them
 
+from fuzz_strategies import cases, outcome  # noqa: E402
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 
-from fuzz_strategies import cases, outcome  # noqa: E402
 from testbed import plugins  # noqa: E402
 
 
@@ -41,8 +41,14 @@ def main() -> int:
     start = time.monotonic()
 
     @seed(args.seed)
-    @settings(max_examples=args.cases, database=None, deadline=None, derandomize=False,
-              suppress_health_check=list(HealthCheck), phases=["generate"])
+    @settings(
+        max_examples=args.cases,
+        database=None,
+        deadline=None,
+        derandomize=False,
+        suppress_health_check=list(HealthCheck),
+        phases=["generate"],
+    )
     @given(cases(registry))
     def one(case):
         code, failure = outcome(case, path)
@@ -55,8 +61,10 @@ def main() -> int:
 
     one()
     elapsed = time.monotonic() - start
-    print(f"cases {counts['cases']}  exit 0 {counts['exit 0']}  exit 2 {counts['exit 2']}  failures {counts['failures']}  "
-          f"({elapsed:.0f} s, {elapsed / max(counts['cases'], 1) * 1000:.0f} ms a case)")
+    print(
+        f"cases {counts['cases']}  exit 0 {counts['exit 0']}  exit 2 {counts['exit 2']}  failures {counts['failures']}  "
+        f"({elapsed:.0f} s, {elapsed / max(counts['cases'], 1) * 1000:.0f} ms a case)"
+    )
     for failure, case in failures[: args.show]:
         print(f"\n--- {failure}\nargs: {case.sets!r}\n{case.text!r}"[:3000])
     return 1 if failures else 0

@@ -54,7 +54,7 @@ class Store:
             self.db.commit()
 
     @classmethod
-    def open_run(cls, run_dir: Path) -> "Store":
+    def open_run(cls, run_dir: Path) -> Store:
         """A run's store, read-only, checked whole (every table and column, every page) before
         anything is read from it; a damaged one is bad input naming the file."""
         run_dir = Path(run_dir)
@@ -62,7 +62,8 @@ class Store:
         if not run_dir.is_dir():
             raise BadInput(f"{run_dir}: no such run directory", file=str(run_dir))
         if not path.is_file() or not (run_dir / EXPERIMENT_NAME).is_file():
-            raise BadInput(f"{run_dir}: not a testbed run (no {STORE_NAME} and {EXPERIMENT_NAME}); give a folder that `testbed run` wrote", file=str(run_dir))
+            raise BadInput(f"{run_dir}: not a testbed run (no {STORE_NAME} and {EXPERIMENT_NAME}); give a folder that `testbed run` wrote",
+                           file=str(run_dir))
         store = None
         try:
             store = cls(path, create=False, readonly=True)

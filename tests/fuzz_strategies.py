@@ -131,8 +131,11 @@ def valid_sections(draw, registry, max_keys: int = 4) -> dict:
 
 
 # Keep drawn files quick to check: a small synthetic data set unless a key says otherwise.
-QUICK = {"data": {"dataset": "synthetic", "image_size": 32, "train_size": 40, "test_size": 20},
-         "model": {"geometry": "cifar", "width": 0.125}, "train": {"epochs": 1, "batch_size": 20}}
+QUICK = {
+    "data": {"dataset": "synthetic", "image_size": 32, "train_size": 40, "test_size": 20},
+    "model": {"geometry": "cifar", "width": 0.125},
+    "train": {"epochs": 1, "batch_size": 20},
+}
 
 
 @st.composite
@@ -166,8 +169,21 @@ def _tables(doc: dict) -> list[dict]:
 @st.composite
 def mutate(draw, doc: dict, registry) -> dict:
     """One change to a parsed document (in place; returned)."""
-    kind = draw(st.sampled_from(["value", "unknown key", "misspelled key", "drop key", "section type", "duplicate variant",
-                                 "component param", "variant value", "deep"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "value",
+                "unknown key",
+                "misspelled key",
+                "drop key",
+                "section type",
+                "duplicate variant",
+                "component param",
+                "variant value",
+                "deep",
+            ]
+        )
+    )
     section, key, spec = draw(st.sampled_from(KEYS))
     tables = _tables(doc)
     if kind == "value":
@@ -195,7 +211,9 @@ def mutate(draw, doc: dict, registry) -> dict:
         name = draw(st.sampled_from(component_names(registry, spec)))
         params = [p.name for p in registry.get(spec.kind, name).params]
         param = draw(st.sampled_from(params) | misspell(params[0] if params else "size")) if params else draw(misspell("size"))
-        table = doc["variant"][0] if doc.get("variant") and isinstance(doc["variant"], list) and isinstance(doc["variant"][0], dict) else doc
+        table = (
+            doc["variant"][0] if doc.get("variant") and isinstance(doc["variant"], list) and isinstance(doc["variant"][0], dict) else doc
+        )
         table.setdefault(section, {}) if isinstance(table.get(section), dict) else table.__setitem__(section, {})
         table[section][key] = {"name": name, param: draw(NASTY)}
     elif kind == "variant value":
@@ -252,8 +270,11 @@ def _dotted_lines(table: dict, prefix: str = "") -> list[str]:
 
 
 def to_toml(doc: dict) -> str:
-    scalars = [f"{toml_key(k)} = {toml_value(v)}" for k, v in doc.items()
-               if not isinstance(v, dict) and not (k == "variant" and isinstance(v, list) and v and all(isinstance(x, dict) for x in v))]
+    scalars = [
+        f"{toml_key(k)} = {toml_value(v)}"
+        for k, v in doc.items()
+        if not isinstance(v, dict) and not (k == "variant" and isinstance(v, list) and v and all(isinstance(x, dict) for x in v))
+    ]
     tables = []
     for key, value in doc.items():
         if isinstance(value, dict):
@@ -280,12 +301,16 @@ def damage_text(draw, text: str) -> str:
         i = draw(st.integers(0, len(lines) - 1))
         return "\n".join(lines[: i + 1] + [lines[i]] + lines[i + 1 :]) + "\n"
     if kind == "colliding dotted key":
-        first, second = draw(st.sampled_from([
-            ('model.activation = "tanh"', 'model.activation.name = "relu"'),
-            ('model = { width = 0.5 }', "model.width = 0.25"),
-            ('model.activation = { name = "elu" }', "model.activation.alpha = 2.0"),
-            ("train.epochs = 1", "train.epochs = 2"),
-        ]))
+        first, second = draw(
+            st.sampled_from(
+                [
+                    ('model.activation = "tanh"', 'model.activation.name = "relu"'),
+                    ("model = { width = 0.5 }", "model.width = 0.25"),
+                    ('model.activation = { name = "elu" }', "model.activation.alpha = 2.0"),
+                    ("train.epochs = 1", "train.epochs = 2"),
+                ]
+            )
+        )
         return text + f'\n[[variant]]\nname = "collide"\n{first}\n{second}\n'
     depth = draw(st.integers(100, 4000))
     return text + "\n" + draw(st.sampled_from(["deep", "[model]\nskip"])) + " = " + "[" * depth + "]" * depth + "\n"
@@ -299,8 +324,10 @@ def set_strings(draw, registry) -> list[str]:
     out = []
     for _ in range(draw(st.integers(0, 3))):
         section, key, spec = draw(st.sampled_from(KEYS))
-        dotted = draw(st.sampled_from([f"{section}.{key}", f"{section}.{key}.name", f"{section}.{key}.alpha", section, f"{section}.{key}.a.b"])
-                      | misspell(f"{section}.{key}"))
+        dotted = draw(
+            st.sampled_from([f"{section}.{key}", f"{section}.{key}.name", f"{section}.{key}.alpha", section, f"{section}.{key}.a.b"])
+            | misspell(f"{section}.{key}")
+        )
         value = draw(st.one_of(valid_value(f"{section}.{key}", spec, registry).map(toml_value), NASTY.map(toml_value), NASTY_TEXT))
         out.append(draw(st.sampled_from([f"{dotted}={value}", f"{dotted} = {value}", dotted, f"={value}", f"{dotted}=="])))
     return [s for s in out if "\x00" not in s]  # argv cannot hold NUL

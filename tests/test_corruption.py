@@ -12,7 +12,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from click.testing import CliRunner
 
 from testbed.cli import main
@@ -109,14 +108,17 @@ def _drop_table(store: Path, table: str) -> None:
 
 
 @pytest.mark.parametrize("command", ["report", "resume"])
-@pytest.mark.parametrize("damage", [
-    pytest.param(lambda s: _truncate(s, 0.0), id="truncated to nothing"),
-    pytest.param(lambda s: _truncate(s, 0.3), id="truncated to 30%"),
-    pytest.param(lambda s: _truncate(s, 0.7), id="truncated to 70%"),
-    pytest.param(lambda s: s.write_bytes(s.read_bytes()[:100]), id="cut inside the header"),
-    pytest.param(lambda s: _drop_table(s, "epochs"), id="missing table epochs"),
-    pytest.param(lambda s: _drop_table(s, "jobs"), id="missing table jobs"),
-])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda s: _truncate(s, 0.0), id="truncated to nothing"),
+        pytest.param(lambda s: _truncate(s, 0.3), id="truncated to 30%"),
+        pytest.param(lambda s: _truncate(s, 0.7), id="truncated to 70%"),
+        pytest.param(lambda s: s.write_bytes(s.read_bytes()[:100]), id="cut inside the header"),
+        pytest.param(lambda s: _drop_table(s, "epochs"), id="missing table epochs"),
+        pytest.param(lambda s: _drop_table(s, "jobs"), id="missing table jobs"),
+    ],
+)
 def test_a_damaged_store_is_refused_and_left_as_it_was(runs, tmp_path, command, damage):
     run = copy_run(runs, tmp_path)
     damage(run / "results.sqlite")

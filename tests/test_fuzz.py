@@ -8,15 +8,13 @@ import math
 import tomllib
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
+from conftest import run_testbed
 from fuzz_strategies import cases, judge, nested, outcome, to_toml, valid_experiment, write_case
+from hypothesis import HealthCheck, given, settings
+
 from testbed import plugins
 from testbed.errors import BadInput
 from testbed.experiment import build_experiment
-
-from conftest import run_testbed
 
 REGISTRY = plugins.registry()
 
@@ -29,8 +27,13 @@ def fuzz(examples: int) -> settings:
 
 def test_the_toml_writer_round_trips_what_it_writes():
     """The strategies' TOML writer is itself right, or the fuzzing tests the wrong text."""
-    doc = {"name": "x", "data": {"seed": 3}, "model": {"width": 0.5, "activation": {"name": "elu", "alpha": 1.5}, "skip": ["conv3"]},
-           "train": {"target_train_error": math.inf}, "variant": [{"name": "t", "model": {"activation": "tanh", "dropout": 0.0}}]}
+    doc = {
+        "name": "x",
+        "data": {"seed": 3},
+        "model": {"width": 0.5, "activation": {"name": "elu", "alpha": 1.5}, "skip": ["conv3"]},
+        "train": {"target_train_error": math.inf},
+        "variant": [{"name": "t", "model": {"activation": "tanh", "dropout": 0.0}}],
+    }
     back = tomllib.loads(to_toml(doc))
     assert back["variant"] == doc["variant"] and back["model"] == doc["model"] and back["train"]["target_train_error"] == math.inf
     assert tomllib.loads(to_toml({"k": nested(30)}))["k"] == nested(30)
@@ -64,11 +67,14 @@ def test_fuzzed_files_in_a_real_process(case, tmp_path_factory):
     assert judge(done.returncode, done.stderr) is None, f"exit {done.returncode}: {done.stderr[-2000:]}\nfile:\n{case.text!r}"
 
 
-@pytest.mark.parametrize("text, args", [
-    ('[model]\n"act\\u001civation" = "relu"\n', ()),  # a control character that splits lines
-    ('[model]\nactivation = "r\\u001b[31mlu"\n', ()),  # a terminal escape sequence in a value
-    ("", ("--set", "model.activation=r\u2028lu")),
-])
+@pytest.mark.parametrize(
+    "text, args",
+    [
+        ('[model]\n"act\\u001civation" = "relu"\n', ()),  # a control character that splits lines
+        ('[model]\nactivation = "r\\u001b[31mlu"\n', ()),  # a terminal escape sequence in a value
+        ("", ("--set", "model.activation=r\u2028lu")),
+    ],
+)
 def test_error_lines_escape_what_a_terminal_would_act_on(text, args, tmp_path):
     from click.testing import CliRunner
 
