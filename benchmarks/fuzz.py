@@ -28,11 +28,19 @@ from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 from testbed import plugins  # noqa: E402
 
 
+def counts_line(counts: Counter, elapsed: float) -> str:
+    return (
+        f"cases {counts['cases']}  exit 0 {counts['exit 0']}  exit 2 {counts['exit 2']}  failures {counts['failures']}  "
+        f"({elapsed:.0f} s, {elapsed / max(counts['cases'], 1) * 1000:.0f} ms a case)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show", type=int, default=5, help="failures to print in full")
+    parser.add_argument("--every", type=int, default=500, help="print the counts so far every N cases")
     args = parser.parse_args()
     registry = plugins.registry()
     counts: Counter = Counter()
@@ -58,13 +66,11 @@ def main() -> int:
             failures.append((failure, case))
         else:
             counts[f"exit {code}"] += 1
+        if counts["cases"] % args.every == 0:
+            print(f"  ... {counts_line(counts, time.monotonic() - start)}", flush=True)
 
     one()
-    elapsed = time.monotonic() - start
-    print(
-        f"cases {counts['cases']}  exit 0 {counts['exit 0']}  exit 2 {counts['exit 2']}  failures {counts['failures']}  "
-        f"({elapsed:.0f} s, {elapsed / max(counts['cases'], 1) * 1000:.0f} ms a case)"
-    )
+    print(counts_line(counts, time.monotonic() - start))
     for failure, case in failures[: args.show]:
         print(f"\n--- {failure}\nargs: {case.sets!r}\n{case.text!r}"[:3000])
     return 1 if failures else 0
