@@ -13,7 +13,6 @@ from fuzz_strategies import cases, judge, nested, outcome, to_toml, valid_experi
 from hypothesis import HealthCheck, given, settings
 
 from testbed import plugins
-from testbed.errors import BadInput
 from testbed.experiment import build_experiment
 
 REGISTRY = plugins.registry()
@@ -43,14 +42,10 @@ def test_the_toml_writer_round_trips_what_it_writes():
 @given(valid_experiment(REGISTRY))
 def test_files_drawn_from_the_schema_are_accepted(doc):
     """Unmutated, every drawn file is a valid experiment: the mutations start from valid input."""
-    try:
-        build_experiment(tomllib.loads(to_toml(doc)), REGISTRY)
-    except BadInput as exc:
-        # the one thing the schema cannot promise: a drawn batch larger than the drawn training set
-        assert "larger than" in str(exc) or "train_size" in str(exc), exc
+    build_experiment(tomllib.loads(to_toml(doc)), REGISTRY)  # raises BadInput if the strategies drew an invalid file
 
 
-@fuzz(250)
+@fuzz(200)
 @given(case=cases(REGISTRY))
 def test_fuzzed_experiment_files_exit_0_or_2_with_one_line(case, tmp_path_factory):
     path = tmp_path_factory.mktemp("fuzz") / "exp.toml"
