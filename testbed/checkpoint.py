@@ -10,6 +10,8 @@ its metrics equal an uninterrupted run's on a CPU.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 from pathlib import Path
@@ -81,8 +83,18 @@ def save(path: Path, state: dict) -> None:
         pass
 
 
-def load(path: Path) -> dict:
-    """Load with weights_only=True: tensors and plain containers only, no code can run."""
+def owner(variant, seed: int) -> dict:
+    """Whose checkpoint it is: the variant's name, the seed, and a digest of the variant's whole
+    resolved configuration, so that a checkpoint of another experiment (or of this one before a
+    change to the file) is never resumed as this job's."""
+    text = json.dumps(variant.config, sort_keys=True, default=str)
+    return {"variant": variant.name, "seed": seed, "config_digest": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def load(path: Path, expect: dict | None = None) -> dict:
+    """Load with weights_only=True: tensors and plain containers only, no code can run.
+    ``expect``: the job's ``owner()``; a checkpoint of another job is refused (one written before
+    checkpoints carried a digest is checked by variant and seed only)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -95,6 +107,13 @@ def load(path: Path) -> dict:
         raise UnsafeCheckpoint(f"{path}: refused: not a testbed checkpoint (no '{FORMAT}' marker)")
     if state.get("version") != VERSION:
         raise UnsafeCheckpoint(f"{path}: checkpoint version {state.get('version')} is not {VERSION}")
+    if expect is not None:
+        mismatched = [key for key, want in expect.items() if key in state and state[key] != want]
+        if mismatched:
+            theirs = f"variant {state.get('variant')!r}, seed {state.get('seed')!r}"
+            raise UnsafeCheckpoint(
+                f"{path}: refused: a checkpoint of another job ({theirs}; its {', '.join(mismatched)} differs from this job's). "
+                f"Nothing was loaded. Delete it to restart this job from scratch")
     return state
 
 

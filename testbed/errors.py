@@ -16,7 +16,7 @@ class BadInput(Exception):
 
     def document(self) -> dict:
         """What `--json` prints for it: {"error": the line, "file": ..., "key": ...}."""
-        message = " ".join(str(self).split("\n"))
+        message = printable(" ".join(str(self).split("\n")))
         rest = message[len(self.file) + 2 :] if self.file and message.startswith(f"{self.file}: ") else message
         rest = re.sub(r"^variant '[^']*': ", "", rest)
         match = KEY_AT_START.match(rest)
@@ -33,6 +33,13 @@ class PluginFailure(Exception):
 
 class ComponentError(BadInput):
     """A component refused its parameters (raised by factories; reported with the dotted key)."""
+
+
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on (control characters, line and paragraph
+    separators, bidirectional overrides) written as its escape, so that an error quoting a user's
+    key or value stays one harmless line."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def did_you_mean(word: str, choices) -> str:

@@ -1,5 +1,6 @@
 """Evaluation on the held-out set: top-1 and top-5 error, softmax averaged over the test views,
-and the saturation statistics of the activation layers on the first held-out batch."""
+and the saturation statistics of the activation layers on the centre patches of the first held-out
+batch."""
 
 from __future__ import annotations
 
@@ -46,25 +47,30 @@ def evaluate(model, pipeline: Pipeline, batch_size: int, precision: str, dist: D
              stop=None):
     """(top-1 error, top-5 error, saturation) on the held-out set, softmax averaged over the test
     views (``views=False``: the centre patch only). With ``probe``, the saturation statistics of
-    the first batch (see SaturationProbe), else {}. ``stop``: a StopFlag looked at before every
-    batch (EvaluationStopped when set), so that a stop request does not wait for a long test."""
+    the first batch's centre patches (see SaturationProbe), else {}. ``stop``: a StopFlag looked
+    at before every batch (EvaluationStopped when set), so that a stop request does not wait for
+    a long test."""
     model.eval()
     wrong1 = wrong5 = seen = 0
-    saturation = SaturationProbe(model) if probe else None
+    # Every epoch measures saturation on the same images, the centre patches: the configured
+    # views' first one need not be the centre (ten-crop's is a padded top-left corner), so the
+    # final epoch, which uses them, measures in a pass of its own.
+    saturation = SaturationProbe(model) if probe and not views else None
     try:
         with torch.inference_mode(), autocast(precision, pipeline.device):
-            for views, labels in pipeline.test_batches(batch_size, dist.rank, dist.world, views):
+            centre = centre_saturation(model, pipeline, batch_size, dist) if probe and views else None
+            for batch, labels in pipeline.test_batches(batch_size, dist.rank, dist.world, views):
                 if stop is not None and stop.requested:
                     raise EvaluationStopped()
-                b = views.shape[1]
+                b = batch.shape[1]
                 # one view at a time: a forward pass over all ten views at once is slower on a CPU
                 fmt = pipeline.memory_format
-                probs = model(views[0].contiguous(memory_format=fmt)).float().softmax(-1)
+                probs = model(batch[0].contiguous(memory_format=fmt)).float().softmax(-1)
                 if saturation is not None:
                     saturation.close()  # one batch is enough for a fraction
-                for view in views[1:]:
+                for view in batch[1:]:
                     probs += model(view.contiguous(memory_format=fmt)).float().softmax(-1)
-                probs /= views.shape[0]
+                probs /= batch.shape[0]
                 k = min(5, probs.shape[-1])
                 top = probs.topk(k, dim=-1).indices
                 hit1 = top[:, 0] == labels
@@ -78,4 +84,16 @@ def evaluate(model, pipeline: Pipeline, batch_size: int, precision: str, dist: D
     wrong1, wrong5, seen = dist.sum([float(wrong1), float(wrong5), float(seen)], pipeline.device)
     if seen == 0:
         raise BadInput("the held-out set is empty")
-    return wrong1 / seen, wrong5 / seen, saturation.result() if saturation is not None else {}
+    return wrong1 / seen, wrong5 / seen, centre if centre is not None else saturation.result() if saturation is not None else {}
+
+
+def centre_saturation(model, pipeline: Pipeline, batch_size: int, dist: Dist) -> dict:
+    """SaturationProbe's result on the centre patches of this rank's first held-out batch."""
+    probe = SaturationProbe(model)
+    try:
+        for centre, _labels in pipeline.test_batches(batch_size, dist.rank, dist.world, views=False):
+            model(centre[0].contiguous(memory_format=pipeline.memory_format))
+            break
+    finally:
+        probe.close()
+    return probe.result()

@@ -93,7 +93,7 @@ def execute_job(spec: JobSpec, events: JobEvents, stop: StopFlag, dist: Dist, re
     v, device = spec.variant, torch.device(spec.device)
     try:
         ckpt = spec.checkpoint
-        history = checkpoint.load(ckpt)["history"] if ckpt.exists() else []
+        history = checkpoint.load(ckpt, checkpoint.owner(v, spec.seed))["history"] if ckpt.exists() else []
         seeds = job_seeds(spec.seed, v.config["train"]["seed_varies"], v.config["data"]["seed"])
         data = load_dataset(v.config["data"], registry, seed=seeds["subset"])  # cached per process
         steps = max(1, len(data) // v.config["train"]["batch_size"])

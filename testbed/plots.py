@@ -161,7 +161,7 @@ def make_learning_curves(store, run_dir: Path, experiment) -> None:
 
 def redraw_plots(run_dir: Path, registry, console) -> list[Path]:
     """Draw a run's plots again from its store and its checkpoints (`testbed report DIR --plots`)."""
-    from testbed.checkpoint import load
+    from testbed.checkpoint import load, owner
     from testbed.describe import data_shape
     from testbed.model import build_model
     from testbed.results import Store
@@ -179,7 +179,7 @@ def redraw_plots(run_dir: Path, registry, console) -> list[Path]:
         if not ckpt.exists():
             continue
         try:
-            state = load(ckpt)
+            state = load(ckpt, owner(v, v.config["train"]["seeds"][0]))
             size, classes = data_shape(v.config["data"], registry)
             built = build_model(v.config["model"], classes, size, registry, "cpu")
             built.module.load_state_dict(state["model"])

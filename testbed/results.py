@@ -39,27 +39,50 @@ EPOCH_COLUMNS = ("train_loss", "train_error", "test_top1", "test_top5", "lr", "t
 
 
 class Store:
-    def __init__(self, path: Path):
+    """``create``: make the tables (a new run's store); else they must be there. ``readonly``:
+    open without the right to write (what only reads: report, plots, the checks before resume)."""
+
+    def __init__(self, path: Path, *, create: bool = True, readonly: bool = False):
         self.path = path
-        self.db = sqlite3.connect(path, timeout=30)
+        if readonly:
+            self.db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        else:
+            self.db = sqlite3.connect(path, timeout=30)
         self.db.row_factory = sqlite3.Row
-        self.db.executescript(SCHEMA)
-        self.db.commit()
+        if create:
+            self.db.executescript(SCHEMA)
+            self.db.commit()
 
     @classmethod
-    def open_run(cls, run_dir: Path) -> "Store":
+    def open_run(cls, run_dir: Path) -> Store:
+        """A run's store, read-only, checked whole (every table and column, every page) before
+        anything is read from it; a damaged one is bad input naming the file."""
         run_dir = Path(run_dir)
         path = run_dir / STORE_NAME
         if not run_dir.is_dir():
             raise BadInput(f"{run_dir}: no such run directory", file=str(run_dir))
         if not path.is_file() or not (run_dir / EXPERIMENT_NAME).is_file():
-            raise BadInput(f"{run_dir}: not a testbed run (no {STORE_NAME} and {EXPERIMENT_NAME}); give a folder that `testbed run` wrote", file=str(run_dir))
+            raise BadInput(f"{run_dir}: not a testbed run (no {STORE_NAME} and {EXPERIMENT_NAME}); give a folder that `testbed run` wrote",
+                           file=str(run_dir))
+        store = None
         try:
-            store = cls(path)
+            store = cls(path, create=False, readonly=True)
+            store.check()
             store.experiment()
         except (sqlite3.DatabaseError, ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON of the wrong shape too
+            if store is not None:
+                store.close()
             raise BadInput(f"{path}: damaged results store ({exc})", file=str(path)) from None
         return store
+
+    def check(self) -> None:
+        """sqlite3.DatabaseError unless every page reads and both tables have their columns."""
+        problems = [row[0] for row in self.db.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(problems)[:200])
+        self.db.execute(f"SELECT variant, seed, epoch, {', '.join(EPOCH_COLUMNS)}, extra FROM epochs LIMIT 0")
+        self.db.execute("SELECT variant, seed, position, status, message, plugin, epoch, step, metrics, components, "
+                        "environment, started, finished FROM jobs LIMIT 0")
 
     def close(self):
         self.db.close()

@@ -163,7 +163,7 @@ class Job:
         self.sums = EpochSums()
         self.generator = None  # the augmentations' stream of the epoch in progress
         if ctx.checkpoint.exists():
-            self.resume(checkpoint.load(ctx.checkpoint))
+            self.resume(checkpoint.load(ctx.checkpoint, checkpoint.owner(ctx.variant, ctx.seed)))
         self.train_model = self.built.placement.wrap_for_training(self.model, ctx.device)
         if train_cfg["compile"]:
             self.train_model = torch.compile(self.train_model)
@@ -200,8 +200,7 @@ class Job:
         # A finished job is never resumed: its last checkpoint keeps the weights, not the optimizer
         # state (as large again, and a noticeable part of a short job's time to write).
         checkpoint.save(self.ctx.checkpoint, {
-            "variant": self.ctx.variant.name,
-            "seed": self.ctx.seed,
+            **checkpoint.owner(self.ctx.variant, self.ctx.seed),  # variant, seed, config_digest
             "model": checkpoint.unwrap(self.model).state_dict(),
             **({} if finished else {"optimizer": self.optimizer.state_dict()}),
             "schedule": self.schedule.state_dict(),

@@ -8,6 +8,7 @@ package autoloaded from its entry point (needs `pip install -e examples/testbed-
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import json
@@ -214,3 +215,192 @@ def test_example_experiment_runs_through_the_cli(tmp_path):
     assert report.returncode == 0, report.stderr
     stored = {v["name"]: v for v in json.loads(report.stdout)["variants"]}
     assert stored["groupnorm"]["components"]["normalization"]["plugin"] == EXAMPLE_ENTRY_POINT
+
+
+# ---------------------------------------------------------------------------- (d) every code block runs
+#
+# Every fenced block of README.md and docs/writing-plugins.md is executed or checked, so that the
+# docs cannot drift from the code. The rules, by the block's language:
+#
+#   python  run in a fresh namespace (with the example plugin registered); a block whose first
+#           line is `# PATH` naming a file of the repository (or of examples/testbed-example) is
+#           an excerpt of that file instead: every function and class it shows must exist there
+#           with the same parameters and defaults, and its imports must be the file's (lines,
+#           comments and annotations may be left out; `...` stands for what is left out).
+#   toml    parsed; one whose top-level keys are an experiment's is validated by testbed's own
+#           loader (build_experiment, the registry with the example plugin in it).
+#   bash    each command line (`testbed show ...`, `testbed plugins ...`, `... --help`) is run
+#   shell   through the CLI's entry and must exit 0; any other command (`testbed run`, pip, a
+#           long job) fails the test unless the block is marked skipped.
+#   other   (no language, text, console: sample output) not checked.
+#
+# A block is skipped by an HTML comment on the line right before its opening fence, with the
+# reason, e.g. `<!-- docs-test: skip (trains for 20 minutes) -->`.
+
+SKIP_MARK = re.compile(r"<!--\s*docs-test:\s*skip\s*\((.+)\)\s*-->")
+DOCS = [REPO / "README.md", DOC]
+RUNNABLE_SUBCOMMANDS = ("show", "plugins")
+
+
+def code_blocks(path: Path) -> list[dict]:
+    """{'path', 'line', 'lang', 'code', 'skip'} for every fenced block of a markdown file."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        fence = re.match(r"^(\s*)(```+)\s*([\w+-]*)", lines[i])
+        if not fence:
+            i += 1
+            continue
+        start, marker = i, fence.group(2)
+        end = next(j for j in range(i + 1, len(lines)) if lines[j].strip().startswith(marker))
+        previous = next((lines[j] for j in range(start - 1, -1, -1) if lines[j].strip()), "")
+        skip = SKIP_MARK.search(previous)
+        blocks.append({"path": path, "line": start + 1, "lang": fence.group(3).lower(), "skip": skip.group(1) if skip else None,
+                       "code": "\n".join(line[len(fence.group(1)):] for line in lines[start + 1 : end])})
+        i = end + 1
+    return blocks
+
+
+BLOCKS = [b for doc in DOCS for b in code_blocks(doc) if b["lang"] in ("python", "py", "toml", "bash", "sh", "shell")]
+
+
+def block_id(block) -> str:
+    return f"{block['path'].name}:{block['line']}-{block['lang']}"
+
+
+@pytest.fixture
+def example_registry(register_plugin, monkeypatch):
+    module = import_example(monkeypatch)
+    if plugins.manager().is_registered(module):
+        return plugins.registry()
+    return register_plugin(module, EXAMPLE_ENTRY_POINT)
+
+
+def excerpt_source(code: str) -> Path | None:
+    first = code.lstrip().splitlines()[0] if code.strip() else ""
+    match = re.match(r"#\s*([\w./-]+\.py)\b", first)
+    if not match:
+        return None
+    for base in (REPO, EXAMPLE):
+        if (base / match.group(1)).is_file():
+            return base / match.group(1)
+    return None
+
+
+def signatures(tree) -> dict:
+    """name -> its parameters (names by kind, defaults as written) for every function and class
+    (methods as Class.method) defined at the top of a module or in its classes."""
+    out = {}
+
+    def params(args) -> tuple:
+        names = lambda items: tuple(a.arg for a in items)  # noqa: E731
+        return (names(args.posonlyargs), names(args.args), names(args.kwonlyargs),
+                tuple(ast.unparse(d) for d in args.defaults), tuple(d and ast.unparse(d) for d in args.kw_defaults))
+
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            out[node.name] = params(node.args)
+        elif isinstance(node, ast.ClassDef):
+            out[node.name] = "class"
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    out[f"{node.name}.{item.name}"] = params(item.args)
+    return out
+
+
+def check_excerpt(code: str, source: Path) -> None:
+    """An excerpt may leave out lines, comments and annotations, but every function and class it
+    shows exists in the file with the same parameters and defaults, and every name it imports
+    is imported there too."""
+    shown, real = ast.parse(code), ast.parse(source.read_text(encoding="utf-8"))
+    name = source.relative_to(REPO)
+    real_signatures = signatures(real)
+    for defined, signature in signatures(shown).items():
+        assert defined in real_signatures, f"{defined} is not defined in {name}"
+        assert signature == real_signatures[defined], f"{defined}: the docs show {signature}, {name} has {real_signatures[defined]}"
+    imported = lambda tree: {ast.unparse(n) for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))}  # noqa: E731
+    missing = imported(shown) - imported(real)
+    assert not missing, f"imports that {name} does not have: {sorted(missing)}"
+
+
+def run_python(code: str) -> None:
+    namespace = {"__name__": "docs_block"}
+    exec(compile(code, "<docs block>", "exec"), namespace)  # noqa: S102 - the docs' own code
+
+
+def run_toml(code: str, registry) -> None:
+    import tomllib
+
+    from testbed.experiment import TOP_LEVEL, build_experiment
+
+    doc = tomllib.loads(code)
+    if doc and set(doc) <= set(TOP_LEVEL):
+        build_experiment(doc, registry, "docs-block.toml")
+
+
+def shell_commands(code: str) -> list[str]:
+    """The block's commands: one a line, `#` comments and blank lines dropped, `&&` chains split."""
+    out = []
+    for line in code.splitlines():
+        line = re.sub(r"\s+#.*$", "", line).strip()
+        if line and not line.startswith("#"):
+            out += [part.strip() for part in line.split("&&") if part.strip()]
+    return out
+
+
+def runnable(command: str) -> bool:
+    words = command.split()
+    return bool(words) and words[0] == "testbed" and (
+        (len(words) > 1 and words[1] in RUNNABLE_SUBCOMMANDS) or any(w in ("--help", "-h", "--version") for w in words))
+
+
+def run_shell(code: str) -> None:
+    import shlex
+
+    from click.testing import CliRunner
+
+    from testbed.cli import main
+
+    others = [c for c in shell_commands(code) if not runnable(c)]
+    assert not others, (f"commands this test does not run: {others}; mark the block with "
+                        f"<!-- docs-test: skip (reason) --> on the line before its fence")
+    for command in shell_commands(code):
+        cwd = os.getcwd()
+        try:
+            os.chdir(REPO)  # the docs' paths are relative to the repository root
+            result = CliRunner().invoke(main, shlex.split(command)[1:])
+        finally:
+            os.chdir(cwd)
+        assert result.exit_code == 0, f"`{command}` exited {result.exit_code}: {result.output[-1500:]}"
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=block_id)
+def test_every_code_block_in_the_docs_runs(block, example_registry):
+    where = f"{block['path'].relative_to(REPO)}:{block['line']}"
+    if block["skip"]:
+        pytest.skip(f"{where}: {block['skip']}")
+    code = block["code"]
+    try:
+        if block["lang"] in ("python", "py"):
+            source = excerpt_source(code)
+            check_excerpt(code, source) if source is not None else run_python(code)
+        elif block["lang"] == "toml":
+            run_toml(code, example_registry)
+        else:
+            run_shell(code)
+    except AssertionError as exc:
+        raise AssertionError(f"{where}: {exc}") from None
+    except Exception as exc:
+        raise AssertionError(f"{where}: the block raised {type(exc).__name__}: {exc}") from exc
+
+
+def test_the_docs_have_code_blocks_to_check():
+    assert len(BLOCKS) >= 20 and {b["lang"] for b in BLOCKS} >= {"python", "toml", "bash"}
+
+
+def test_an_excerpt_that_drifted_from_its_file_is_caught():
+    source = EXAMPLE / "src" / "testbed_example_plugins" / "activations.py"
+    check_excerpt("# src/testbed_example_plugins/activations.py\ndef swish(*, beta: float = 1.0):\n    ...\n", source)
+    for drifted in ("def swish(*, beta=2.0):\n    ...", "def swish(*, gamma=1.0):\n    ...", "def swash():\n    ...", "import numpy"):
+        with pytest.raises(AssertionError):
+            check_excerpt("# src/testbed_example_plugins/activations.py\n" + drifted + "\n", source)

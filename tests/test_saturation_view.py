@@ -1,0 +1,40 @@
+"""Issue 19, item 10: the saturation statistics are measured on the same images every epoch, the
+centre patches of the first held-out batch, also at the final epoch, whose ten-crop views start
+with a padded top-left corner."""
+
+from __future__ import annotations
+
+import torch
+
+from testbed.assembly import build_for_training, build_pipeline
+from testbed.data import load_dataset
+from testbed.distributed import Dist
+from testbed.evaluation import SaturationProbe, evaluate
+from testbed.experiment import build_experiment
+
+
+def test_the_final_ten_crop_epoch_measures_saturation_on_the_centre(registry, tiny_config):
+    tiny_config["augment"] = {"test": "ten-crop"}
+    variant = build_experiment(tiny_config, registry).baseline
+    data = load_dataset(variant.config["data"], registry)
+    torch.manual_seed(0)
+    built = build_for_training(variant.config, data, registry, torch.device("cpu"))
+    pipeline = build_pipeline(variant, data, built, registry, torch.device("cpu"))
+    batch = 50
+
+    _, _, per_epoch = evaluate(built.module, pipeline, batch, "fp32", Dist(), views=False, probe=True)
+    _, _, final = evaluate(built.module, pipeline, batch, "fp32", Dist(), views=True, probe=True)
+
+    # Independently: the probe on the first batch's centre patch and on ten-crop's first view.
+    views, _ = next(pipeline.test_batches(batch, views=True))
+    centre, _ = next(pipeline.test_batches(batch, views=False))
+    measured = {}
+    for name, images in (("centre", centre[0]), ("corner", views[0])):
+        probe = SaturationProbe(built.module)
+        with torch.inference_mode():
+            built.module(images.contiguous(memory_format=pipeline.memory_format))
+        probe.close()
+        measured[name] = probe.result()
+    assert measured["centre"] != measured["corner"]  # the corner is another view: the test can tell them apart
+    assert per_epoch == measured["centre"]
+    assert final == measured["centre"]
