@@ -226,7 +226,8 @@ def _execute(experiment: Experiment, run_dir: Path, registry, executor, options:
     left = set(dist.broadcast(left))
     pending = [spec for spec in jobs if spec.key in left]
     display = Display(rank0 and not options.quiet, len(jobs), len(jobs) - len(pending))
-    trackers = _start_trackers(experiment, run_dir, registry, display) if rank0 else None
+    resumed = rank0 and any(store.job_status(*spec.key) != "pending" for spec in jobs)
+    trackers = _start_trackers(experiment, run_dir, registry, display, resumed) if rank0 else None
     signals = StopSignals()
     signals.install(display.say if rank0 and not options.quiet else (lambda markup: None))
     try:
@@ -255,7 +256,7 @@ def _execute(experiment: Experiment, run_dir: Path, registry, executor, options:
     return Outcome(doc, 0 if doc["status"] == "ok" else 2 if refused else 1)
 
 
-def _start_trackers(experiment: Experiment, run_dir: Path, registry, display: Display) -> Trackers:
+def _start_trackers(experiment: Experiment, run_dir: Path, registry, display: Display, resumed: bool) -> Trackers:
     from rich.markup import escape
 
     from testbed import __version__
@@ -267,5 +268,6 @@ def _start_trackers(experiment: Experiment, run_dir: Path, registry, display: Di
             print(f"warning: {line}", file=sys.stderr, flush=True)
 
     trackers = create_trackers(list(experiment.track), registry, say)
-    trackers.run_started(TrackedRun(experiment.name, Path(run_dir), list(sys.argv), [v.name for v in experiment.variants], __version__))
+    trackers.run_started(TrackedRun(experiment.name, Path(run_dir), list(sys.argv), [v.name for v in experiment.variants], __version__,
+                                    "resume" if resumed else "run"))
     return trackers

@@ -27,6 +27,7 @@ class TrackedRun:
     command: list[str]  # the command line that produced the run
     variants: list[str]  # in table order, the baseline first
     testbed_version: str = ""
+    kind: str = "run"  # run (new), resume (a run with jobs that started before), export (replayed from the store)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def flat_params(config: dict, seed: int) -> dict:
                 if isinstance(item, dict):
                     for key, inner in item.items():
                         if key != "name":
-                            walk(f"{prefix}[{i}].{key}", inner)
+                            walk(f"{prefix}.{i}.{key}", inner)
         else:
             out[prefix] = value
 
@@ -189,7 +190,7 @@ def replay(store, run_dir: Path, trackers: Trackers, command: list[str]) -> int:
     epochs: dict[tuple, list[dict]] = {}
     for row in store.epochs():
         epochs.setdefault((row["variant"], row["seed"]), []).append(row)
-    trackers.run_started(TrackedRun(experiment.name, Path(run_dir), command, [v.name for v in experiment.variants], __version__))
+    trackers.run_started(TrackedRun(experiment.name, Path(run_dir), command, [v.name for v in experiment.variants], __version__, "export"))
     for job in jobs:
         tracked = TrackedJob(job["variant"], job["seed"], flat_params(configs[job["variant"]], job["seed"]),
                              job["components"] or {}, job["environment"] or {})

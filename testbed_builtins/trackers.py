@@ -107,6 +107,7 @@ class MLflow(Tracker):
         self.client = MlflowClient(tracking_uri=tracking_uri or None)
         self.experiment = experiment
         self.parent: str | None = None
+        self.resuming = False
         self.runs: dict[tuple, str] = {}  # job key -> its nested run's id
 
     def run_started(self, run):
@@ -115,7 +116,8 @@ class MLflow(Tracker):
         self.experiment_id = found.experiment_id if found is not None else self.client.create_experiment(name)
         run_dir = str(Path(run.run_dir).resolve())
         tags = {"testbed.run_dir": run_dir, "testbed.command": " ".join(run.command)[:5000], "testbed.version": run.testbed_version}
-        existing = self._find(f"tags.`testbed.run_dir` = '{_quoted(run_dir)}' AND tags.`testbed.kind` = 'run'")
+        existing = self._find(f"tags.`testbed.run_dir` = '{_quoted(run_dir)}' AND tags.`testbed.kind` = 'run'") if run.kind == "resume" else None
+        self.resuming = existing is not None
         if existing is not None:  # a resumed run: its parent goes on
             self.parent = existing
             self.client.update_run(existing, status="RUNNING")
@@ -131,13 +133,13 @@ class MLflow(Tracker):
         from mlflow.entities import Param
 
         label = f"{job.variant}/seed-{job.seed}"
-        existing = self._find(f"tags.`mlflow.parentRunId` = '{self.parent}' AND tags.`testbed.job` = '{_quoted(label)}'")
-        if existing is not None:  # resumed: its params and earlier epochs are there already
-            self.runs[job.key] = existing
+        existing = self._find(f"tags.`mlflow.parentRunId` = '{self.parent}' AND tags.`testbed.job` = '{_quoted(label)}'") if self.resuming else None
+        if existing is not None:  # resumed: its earlier epochs are there already (params are logged again: the same values)
+            run_id, history = existing, []
             self.client.update_run(existing, status="RUNNING")
-            return
-        tags = {"mlflow.parentRunId": self.parent, "testbed.job": label, "testbed.variant": job.variant, "testbed.seed": str(job.seed)}
-        run_id = self.client.create_run(self.experiment_id, run_name=f"{job.variant} seed {job.seed}", tags=tags).info.run_id
+        else:
+            tags = {"mlflow.parentRunId": self.parent, "testbed.job": label, "testbed.variant": job.variant, "testbed.seed": str(job.seed)}
+            run_id = self.client.create_run(self.experiment_id, run_name=f"{job.variant} seed {job.seed}", tags=tags).info.run_id
         self.runs[job.key] = run_id
         params = [Param(k, str(v)[:6000]) for k, v in job.params.items()]
         params += [Param(f"plugin.{slot}", f"{c['plugin']} {c['version']}".strip()) for slot, c in job.components.items() if isinstance(c, dict)]
