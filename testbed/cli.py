@@ -304,9 +304,11 @@ def show(file, sets, as_json):
 @click.option("--vs", "other", type=click.Path(path_type=Path), help="A second run to compare variant by variant.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--plots", is_flag=True, help="Draw the run's plots again (from its store and checkpoints).")
+@click.option("--html", "html_file", type=click.Path(path_type=Path), metavar="FILE",
+              help="Also write the report as one self-contained HTML page (pictures inline, no network), e.g. report.html.")
 @statistics_options
 @guarded
-def report(run_dir, other, as_json, plots, confidence, correction):
+def report(run_dir, other, as_json, plots, html_file, confidence, correction):
     """The results table of a run again, from its store (optionally beside a second run)."""
     stats = _statistics(confidence, correction)
     if plots:
@@ -327,8 +329,13 @@ def report(run_dir, other, as_json, plots, confidence, correction):
     store = Store.open_run(run_dir)
     try:
         doc, epochs = summarize(store, run_dir, **stats), store.epochs()
+        description = store.experiment().description
     finally:
         store.close()
+    if html_file is not None:
+        from testbed.html import write_html
+
+        click.echo(f"wrote {write_html(doc, run_dir, epochs, html_file, description)}", err=True)
     if as_json:
         emit_json(doc)
     else:
