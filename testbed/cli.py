@@ -351,7 +351,7 @@ def report(run_dir, other, as_json, plots, html_file, confidence, correction):
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="A parameter of the tracker, e.g. --param tracking_uri=sqlite:///mlflow.db (repeatable).")
 @guarded
-def export(run_dir, to, params, as_json=False):
+def export(run_dir, to, params):
     """Write a run from its store into a tracker (TensorBoard, MLflow, ...), as if it had followed
     the run. The store stays the source of truth; export again at will."""
     from testbed.experiment import parse_set
