@@ -166,3 +166,14 @@ class Chromium:
 
     def __exit__(self, *exc):
         self.close()
+
+
+if __name__ == "__main__":  # python tests/chromium.py REPORT.html OUT.png [WIDTH]: the docs' screenshot
+    import sys
+    from pathlib import Path
+
+    report, out = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
+    with Chromium() as browser:
+        browser.open(report.as_uri())
+        browser.screenshot(out, width=int(sys.argv[3]) if len(sys.argv) > 3 else 1280)
+    print(f"wrote {out}")

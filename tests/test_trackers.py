@@ -341,3 +341,21 @@ def test_a_bad_track_table_is_bad_input(tmp_path, table, needle):
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and str(tmp_path / "grid.toml") in lines[0]
+
+
+@needs_tensorboard
+def test_trackers_follow_a_dask_run_from_the_driver(tmp_path):
+    """Jobs on two Dask worker processes: the driver alone feeds the tracker, every job arrives."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    grid = GRID.replace('{{ name = "mlflow", tracking_uri = "{uri}" }}', "").replace("{{", "{").replace("}}", "}")
+    (tmp_path / "grid.toml").write_text(grid.replace("train_size = 128", "train_size = 64"))
+    proc = run_testbed("run", tmp_path / "grid.toml", "--out", tmp_path / "run", "--quiet", "--device", "cpu",
+                       "--workers", "2", "--threads-per-worker", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    epochs = stored_epochs(tmp_path / "run")
+    assert set(epochs) == {(v, s) for v in VARIANTS for s in SEEDS}
+    for (variant, seed), rows in epochs.items():
+        acc = EventAccumulator(str(tmp_path / "run" / "tensorboard" / variant / f"seed-{seed}"))
+        acc.Reload()
+        assert [(e.step, e.value) for e in acc.Scalars("test_top1")] == [(k, pytest.approx(rows[k]["test_top1"])) for k in sorted(rows)]
