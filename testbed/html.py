@@ -38,6 +38,7 @@ table.results th, table.results td, table.plain th, table.plain td { border-bott
        vertical-align: top; }
 table.results td.num, table.results th.num { text-align: right; white-space: nowrap; }
 table.results th { position: sticky; top: 0; background: #f6f8fa; }
+table.plain th { text-align: left; }
 th button { all: unset; cursor: pointer; font-weight: 600; }
 th button:focus-visible { outline: 2px solid #0969da; }
 th[aria-sort=ascending] button::after { content: " \\25B2"; } th[aria-sort=descending] button::after { content: " \\25BC"; }
@@ -173,19 +174,33 @@ def _params_text(params: dict) -> str:
 
 
 def components_section(doc: dict) -> str:
-    """Each variant's resolved components: slot, name, parameters, plugin and version."""
-    blocks = []
+    """Every variant's resolved components, one row per distinct component of a slot (name,
+    parameters, plugin, version) with the variants that use it: what differs stands out."""
+    names = [v["name"] for v in doc["variants"]]
+    rows: dict[tuple, list[str]] = {}  # (slot, name, params, plugin, version) -> variants, in first-seen order
     for v in doc["variants"]:
-        rows = []
         for slot, record in (v.get("components") or {}).items():
-            for item in record if isinstance(record, list) else [record]:
-                rows.append(f"<tr><td>{html.escape(slot)}</td><td>{html.escape(item['name'])}</td>"
-                            f"<td><code>{html.escape(_params_text(item.get('params', {})))}</code></td>"
-                            f"<td>{html.escape(item.get('plugin', ''))}</td><td>{html.escape(item.get('version', ''))}</td></tr>")
-        body = ("<div class=\"scroll\"><table class=\"plain\"><thead><tr><th>slot</th><th>component</th><th>parameters</th><th>plugin</th>"
-                f"<th>version</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>") if rows else '<p class="dim">not recorded (no job started)</p>'
-        blocks.append(f'<details open data-variant="{html.escape(v["name"])}"><summary>{html.escape(v["name"])}</summary>{body}</details>')
-    return "<h2>Components</h2>" + "".join(blocks)
+            for i, item in enumerate(record if isinstance(record, list) else [record]):
+                label = f"{slot}[{i}]" if isinstance(record, list) else slot
+                key = (label, item["name"], _params_text(item.get("params", {})), item.get("plugin", ""), item.get("version", ""))
+                rows.setdefault(key, []).append(v["name"])
+    if not rows:
+        return '<h2>Components</h2><p class="dim">not recorded (no job started)</p>'
+    body = []
+    for (slot, name, params, plugin, version), users in sorted(rows.items(), key=lambda kv: _slot_order(kv[0][0], rows)):
+        used_by = "all" if users == names else ", ".join(users)
+        body.append(f'<tr data-variants="{html.escape(" ".join(users))}"><td>{html.escape(slot)}</td><td>{html.escape(name)}</td>'
+                    f"<td><code>{html.escape(params)}</code></td><td>{html.escape(plugin)}</td><td>{html.escape(version)}</td>"
+                    f'<td class="{"dim" if used_by == "all" else ""}">{html.escape(used_by)}</td></tr>')
+    return ('<h2>Components</h2><div class="scroll"><table class="plain components"><thead><tr><th>slot</th><th>component</th>'
+            '<th>parameters</th><th>plugin</th><th>version</th><th>variants</th></tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def _slot_order(slot: str, rows: dict) -> int:
+    """Slots in the order the records list them (the first variant's order)."""
+    order = list(dict.fromkeys(key[0] for key in rows))
+    return order.index(slot)
 
 
 def environment_section(doc: dict, run_dir: Path) -> str:

@@ -300,11 +300,17 @@ def test_the_html_report_in_headless_chromium(tracked_run, tmp_path):
         browser.settle()
         assert browser.console_errors == []
         assert [r for r in browser.requests if r != url and not r.startswith("data:")] == []
-    components = text.split("<h2>Components</h2>", 1)[1]
-    for variant in VARIANTS:
-        assert f'data-variant="{variant}"' in components
-    assert "builtin.activations" in components
-    assert "testbed run " in components and "grid.toml" in components  # the command that made the run
+    components = text.split("<h2>Components</h2>", 1)[1].split("<h2>", 1)[0]
+    row = re.compile(r'<tr data-variants="([^"]*)"><td>([^<]*)</td><td>([^<]*)</td><td><code>[^<]*</code></td><td>([^<]*)</td>')
+    used: dict = {}  # slot -> variant -> (component, plugin), read off the rows' variant lists
+    for users, slot, name, plugin in row.findall(components):
+        for variant in users.split():
+            used.setdefault(slot, {})[variant] = (name, plugin)
+    assert used["activation"] == {"baseline": ("relu", "builtin.activations"), "tanh": ("tanh", "builtin.activations")}
+    assert used["normalization"] == {"baseline": ("lrn", "builtin.normalizations"), "tanh": ("none", "builtin.normalizations")}
+    assert all(set(by_variant) == set(VARIANTS) for by_variant in used.values())  # every slot of every variant
+    environment = text.split("<h2>Environment and command</h2>", 1)[1]
+    assert "testbed run " in environment and "grid.toml" in environment  # the command that made the run
 
 
 def _check_sorting(browser) -> None:
