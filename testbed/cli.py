@@ -182,6 +182,26 @@ def executor_spec(executor, workers, scheduler, threads) -> dict:
     return spec
 
 
+def track_option(fn):
+    """--track NAME: a tracker besides those of the file's [track] table."""
+    return click.option("--track", multiple=True, metavar="NAME",
+                        help="Also send the numbers to this tracker (repeatable): tensorboard, mlflow, or a plugin's; "
+                             "parameters go in the file's [track] table.")(fn)
+
+
+def _with_trackers(experiment, names, registry):
+    """The experiment with the --track trackers added (stored with the run: resume keeps them),
+    each made once so that a missing package is refused now."""
+    import dataclasses
+
+    from testbed import runner
+    from testbed.tracking import merge_specs
+
+    experiment = dataclasses.replace(experiment, track=tuple(merge_specs(list(experiment.track), list(names), registry)))
+    runner.check_trackers(experiment, registry)
+    return experiment
+
+
 @main.command(epilog=EPILOG)
 @click.argument("file", type=click.Path(dir_okay=True, path_type=str))
 @click.option("--out", "out", type=click.Path(path_type=Path), help="Run directory (default: runs/<experiment>-<timestamp>).")
@@ -192,11 +212,12 @@ def executor_spec(executor, workers, scheduler, threads) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout (progress goes to stderr).")
 @click.option("--force", is_flag=True, help="Replace an existing run in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@track_option
 @executor_options
 @statistics_options
 @rounds_options
 @guarded
-def run(file, out, sets, only, seeds, device, as_json, force, quiet, executor, workers, scheduler, threads, confidence, correction,
+def run(file, out, sets, only, seeds, device, as_json, force, quiet, track, executor, workers, scheduler, threads, confidence, correction,
         until_resolved, max_seeds):
     """Train every variant x seed of FILE and print the side-by-side table.
 
@@ -210,6 +231,7 @@ def run(file, out, sets, only, seeds, device, as_json, force, quiet, executor, w
     experiment, registry = _load(file, sets)
     experiment = dataclasses.replace(experiment, report={**experiment.report, **stats})  # stored: `report DIR` judges alike
     experiment = _planned(runner.select(experiment, list(only), seeds), until_resolved, max_seeds)
+    experiment = _with_trackers(experiment, track, registry)
     options = runner.RunOptions(device, as_json, quiet, executor_spec(executor, workers, scheduler, threads), stats)
     dist = runner.distributed_from_env(experiment, registry)
     runner.check_executor(options.executor, registry, dist)
@@ -257,11 +279,13 @@ def _finish(outcome, run_dir: Path, as_json: bool, rank: int = 0):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.option("--seeds", type=int, metavar="N", help="Give every variant at least N seeds: the ones it has are kept, not retrained.")
+@track_option
 @executor_options
 @statistics_options
 @rounds_options
 @guarded
-def resume(run_dir, device, as_json, quiet, seeds, executor, workers, scheduler, threads, confidence, correction, until_resolved, max_seeds):
+def resume(run_dir, device, as_json, quiet, seeds, track, executor, workers, scheduler, threads, confidence, correction,
+           until_resolved, max_seeds):
     """Continue an interrupted run: unfinished jobs restart from their last checkpoint,
     finished ones are skipped. It may run where the first run did not (--workers, --scheduler).
     A finished run grows: --seeds N adds seeds, --until-resolved adds them where verdicts are open."""
@@ -276,6 +300,7 @@ def resume(run_dir, device, as_json, quiet, seeds, executor, workers, scheduler,
         experiment = rounds.add_seeds(experiment, seeds)
     experiment = _planned(experiment, until_resolved, max_seeds)  # stored once the run directory is locked
     registry = _registry()
+    experiment = _with_trackers(experiment, track, registry)
     options = runner.RunOptions(device, as_json, quiet, executor_spec(executor, workers, scheduler, threads), stats)
     dist = runner.distributed_from_env(experiment, registry)
     runner.check_executor(options.executor, registry, dist)
@@ -309,9 +334,11 @@ def show(file, sets, as_json):
 @click.option("--vs", "other", type=click.Path(path_type=Path), help="A second run to compare variant by variant.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--plots", is_flag=True, help="Draw the run's plots again (from its store and checkpoints).")
+@click.option("--html", "html_file", type=click.Path(path_type=Path), metavar="FILE",
+              help="Also write the report as one self-contained HTML page (pictures inline, no network), e.g. report.html.")
 @statistics_options
 @guarded
-def report(run_dir, other, as_json, plots, confidence, correction):
+def report(run_dir, other, as_json, plots, html_file, confidence, correction):
     """The results table of a run again, from its store (optionally beside a second run)."""
     stats = _statistics(confidence, correction)
     if plots:
@@ -332,8 +359,13 @@ def report(run_dir, other, as_json, plots, confidence, correction):
     store = Store.open_run(run_dir)
     try:
         doc, epochs = summarize(store, run_dir, **stats), store.epochs()
+        description = store.experiment().description
     finally:
         store.close()
+    if html_file is not None:
+        from testbed.html import write_html
+
+        click.echo(f"wrote {write_html(doc, run_dir, epochs, html_file, description)}", err=True)
     if as_json:
         emit_json(doc)
     else:
@@ -341,6 +373,33 @@ def report(run_dir, other, as_json, plots, confidence, correction):
         from testbed.describe import render_saturation
 
         render_saturation(epochs, table_console())
+
+
+@main.command(epilog=EPILOG)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--to", "to", required=True, metavar="NAME", help="The tracker to write to: tensorboard, mlflow, or a plugin's.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="A parameter of the tracker, e.g. --param tracking_uri=sqlite:///mlflow.db (repeatable).")
+@guarded
+def export(run_dir, to, params):
+    """Write a run from its store into a tracker (TensorBoard, MLflow, ...), as if it had followed
+    the run. The store stays the source of truth; export again at will."""
+    from testbed.experiment import parse_set
+    from testbed.results import Store
+    from testbed.tracking import create_trackers, replay
+
+    registry = _registry()
+    spec = {"name": to, **parse_set(list(params))}
+    store = Store.open_run(run_dir)
+    try:
+        failures: list[str] = []
+        trackers = create_trackers([spec], registry, failures.append, where="--to")
+        count = replay(store, run_dir, trackers, list(sys.argv))
+    finally:
+        store.close()
+    if failures:
+        raise PluginFailure(failures[0])
+    click.echo(f"exported {count} job(s) of {run_dir} to {to}", err=True)
 
 
 @main.command(name="plugins", epilog=EPILOG)

@@ -26,6 +26,7 @@ from testbed.schema import (  # noqa: F401  (SCHEMA and MAX_INT: part of this mo
     VARIANT_KEYS,
     leaves,
     resolve_config,
+    resolve_track,
     set_dotted,
 )
 from testbed.schema import short as _short
@@ -60,6 +61,7 @@ class Experiment:
     overrides: dict = field(default_factory=dict)
     compare: dict = field(default_factory=dict)  # {key, reference, paper_factor}: speed-ups within each setting
     report: dict = field(default_factory=lambda: dict(REPORT_DEFAULTS))  # {confidence, correction}: how deltas are judged
+    track: tuple = ()  # [track] use: the run's trackers as resolved component specs
 
     @property
     def baseline(self) -> Variant:
@@ -80,6 +82,7 @@ class Experiment:
             "overrides": self.overrides,
             "compare": self.compare,
             "report": self.report,
+            "track": list(self.track),
             "variants": [
                 {"name": v.name, "description": v.description, "setting": v.setting, "config": v.config, "changes": v.changes, "paper": v.paper}
                 for v in self.variants
@@ -92,7 +95,8 @@ class Experiment:
             Variant(v["name"], v["config"], v["changes"], v["paper"], v.get("description", ""), v.get("setting", "")) for v in doc["variants"]
         )
         report = {**REPORT_DEFAULTS, **doc.get("report", {})}  # runs stored before [report] existed judge by the defaults
-        return cls(doc["name"], doc["path"], variants, doc.get("description", ""), doc.get("overrides", {}), doc.get("compare", {}), report)
+        return cls(doc["name"], doc["path"], variants, doc.get("description", ""), doc.get("overrides", {}), doc.get("compare", {}), report,
+                   tuple(doc.get("track", ())))
 
 
 def read_toml(path: Path) -> dict:
@@ -155,6 +159,7 @@ def build_experiment(raw: dict, registry: Registry, path: str = "experiment.toml
     _check_description(raw, "")
     compare = _check_compare(raw.get("compare", {}))
     report = _check_report(raw.get("report", {}))
+    track = tuple(resolve_track(raw.get("track", {}), registry))
     base_raw = {section: copy.deepcopy(raw.get(section, {})) for section in SCHEMA}
     for section in SCHEMA:
         if not isinstance(base_raw[section], dict):
@@ -168,7 +173,7 @@ def build_experiment(raw: dict, registry: Registry, path: str = "experiment.toml
     variants = [baseline]
     for i, table in enumerate(variant_tables):
         variants.append(_variant(table, i, {v.name for v in variants}, base_raw, registry))
-    return Experiment(name, path, tuple(variants), raw.get("description", ""), overrides, compare, report)
+    return Experiment(name, path, tuple(variants), raw.get("description", ""), overrides, compare, report, track=track)
 
 
 def _variant(table: Any, index: int, taken: set[str], base_raw: dict, registry: Registry) -> Variant:

@@ -71,6 +71,14 @@ def register_executors(register):
 
 
 @hookspec
+def register_trackers(register):
+    """Where a run's numbers go besides the store (TensorBoard, MLflow, ...). Factory:
+    ``f(**params) -> Tracker`` (``testbed.tracking.Tracker``: ``run_started``, ``job_started``,
+    ``epoch``, ``job_finished``, ``run_finished``, called in the driver). Chosen by ``[track]`` or
+    ``--track``; refuse a missing package with ``ValueError`` (exit 2, one line)."""
+
+
+@hookspec
 def register_schedules(register):
     """Learning-rate schedules. Factory: ``f(optimizer, epochs: int, **params) -> Schedule``
     (``.step(epoch_metrics)`` once per epoch; ``state_dict``/``load_state_dict``)."""

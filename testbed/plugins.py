@@ -49,6 +49,7 @@ BUILTIN_MODULES = (
     "testbed_builtins.optimizers",
     "testbed_builtins.schedules",
     "testbed_builtins.executors",
+    "testbed_builtins.trackers",
 )
 
 # hook name -> registry kind
@@ -64,6 +65,7 @@ HOOK_KINDS = {
     "register_optimizers": "optimizer",
     "register_schedules": "schedule",
     "register_executors": "executor",
+    "register_trackers": "tracker",
 }
 assert sorted(HOOK_KINDS.values()) == sorted(KINDS)
 

@@ -31,6 +31,7 @@ KINDS = (
     "optimizer",
     "schedule",
     "executor",
+    "tracker",
 )
 
 

@@ -10,7 +10,7 @@ import statistics
 import time
 from pathlib import Path
 
-from testbed import verdicts
+from testbed import __version__, verdicts
 from testbed.errors import BadInput
 from testbed.experiment import Experiment
 from testbed.rundir import EXPERIMENT_NAME, STORE_NAME
@@ -19,7 +19,15 @@ from testbed.verdicts import Arm
 METRICS = ("top1_error", "top5_error", "train_error", "train_loss", "epochs_to_target", "time_to_target_s", "train_images_per_s")
 FINISHED = ("ok", "diverged")  # resume skips these; failed and interrupted jobs run again
 
+# The store's schema version (docs/store.md). 1: the stores written before it had one (no
+# `meta` table); 2: the `meta` table. A testbed refuses a store of a newer version than its own.
+STORE_VERSION = 2
+
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,            -- schema_version; testbed: the version that last opened it
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS jobs (
     variant TEXT NOT NULL, seed INTEGER NOT NULL, position INTEGER NOT NULL,
     status TEXT NOT NULL,            -- pending, running, ok, diverged, failed, refused, interrupted
@@ -49,9 +57,30 @@ class Store:
         else:
             self.db = sqlite3.connect(path, timeout=30)
         self.db.row_factory = sqlite3.Row
+        self.check_version()
         if create:
             self.db.executescript(SCHEMA)
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('testbed', ?)", (__version__,))
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(STORE_VERSION),))
+            self.db.execute(f"PRAGMA user_version = {STORE_VERSION}")
             self.db.commit()
+
+    def check_version(self) -> None:
+        """Refuse a store that a newer testbed wrote: its tables may mean what this one cannot read."""
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone():
+            return  # version 1 (or a new file): this testbed's tables are a superset
+        rows = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        try:
+            version = int(rows.get("schema_version", 1))
+        except ValueError:
+            version = STORE_VERSION + 1  # not a number this testbed wrote
+        if version > STORE_VERSION:
+            self.db.close()
+            raise BadInput(f"{self.path}: store schema version {rows.get('schema_version')} (written by testbed {rows.get('testbed', '?')}); "
+                           f"this testbed ({__version__}) reads versions up to {STORE_VERSION}: upgrade testbed to read it", file=str(self.path))
+
+    def schema_version(self) -> int:
+        return int(self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
 
     @classmethod
     def open_run(cls, run_dir: Path) -> Store:
@@ -69,6 +98,8 @@ class Store:
             store = cls(path, create=False, readonly=True)
             store.check()
             store.experiment()
+        except BadInput:
+            raise
         except (sqlite3.DatabaseError, ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON of the wrong shape too
             if store is not None:
                 store.close()

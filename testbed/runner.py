@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from testbed.jobs import JobEvents, JobOutcome, JobSpec
 from testbed.results import FINISHED, Store, summarize
 from testbed.rundir import RunLock, remove_stale_temp_files, write_experiment
 from testbed.signals import StopSignals
+from testbed.tracking import TrackedJob, TrackedRun, Trackers, create_trackers, flat_params
 from testbed.train import StopFlag
 
 
@@ -129,10 +131,13 @@ def grid(experiment: Experiment, run_dir: Path, device: torch.device) -> list[Jo
 
 
 class Driver(JobEvents):
-    """What the driver does as jobs report: the store follows every epoch, the display too."""
+    """What the driver does as jobs report: the store follows every epoch, the display and the
+    trackers too (after the store: the store is the source of truth)."""
 
-    def __init__(self, store: Store, display: Display):
+    def __init__(self, store: Store, display: Display, trackers: Trackers | None = None):
         self.store, self.display = store, display
+        self.trackers = trackers if trackers is not None else Trackers([], display.say)
+        self.tracked: dict[tuple, TrackedJob] = {}
 
     def started(self, spec, history, components, environment, steps):
         name, seed = spec.key
@@ -141,10 +146,15 @@ class Driver(JobEvents):
         self.store.sync_history(name, seed, history)
         self.store.start_job(name, seed, components, environment)
         self.display.start_job(name, seed, spec.variant.config["train"]["epochs"], steps, len(history))
+        if self.trackers:
+            self.tracked[spec.key] = TrackedJob(name, seed, flat_params(spec.variant.config, seed), components, environment)
+            self.trackers.job_started(self.tracked[spec.key], history)
 
     def epoch(self, spec, record):
         self.store.record_epoch(*spec.key, record)
         self.display.on_epoch(*spec.key, record)
+        if spec.key in self.tracked:
+            self.trackers.epoch(self.tracked[spec.key], record)
 
     def progress(self, spec, progress):
         self.display.on_progress(*spec.key, progress)
@@ -160,6 +170,8 @@ class Driver(JobEvents):
             self.store.sync_history(name, seed, outcome.history)
         if outcome.status != "interrupted":
             self.display.finish_job(name, seed, outcome.status, shown)
+        if spec.key in self.tracked:
+            self.trackers.job_finished(self.tracked.pop(spec.key), outcome.status, outcome.metrics)
 
     def say(self, markup: str) -> None:
         self.display.say(markup)
@@ -182,6 +194,12 @@ class Executor:
 
     def run(self, jobs: list[JobSpec], driver: Driver | None, stop: StopFlag, dist: Dist) -> bool:
         raise NotImplementedError
+
+
+def check_trackers(experiment: Experiment, registry) -> None:
+    """Every tracker made once, so that a missing package or a bad parameter is refused (exit 2)
+    before any training."""
+    create_trackers(list(experiment.track), registry, lambda line: None)
 
 
 def execute(experiment: Experiment, run_dir: Path, registry, options: RunOptions, dist: Dist) -> Outcome:
@@ -233,11 +251,13 @@ def _execute(experiment: Experiment, run_dir: Path, registry, executor, options:
     left = set(dist.broadcast(left))
     pending = [spec for spec in jobs if spec.key in left]
     display = Display(rank0 and not options.quiet, len(jobs), len(jobs) - len(pending))
+    resumed = rank0 and any(store.job_status(*spec.key) != "pending" for spec in jobs)
+    trackers = _start_trackers(experiment, run_dir, registry, display, resumed) if rank0 else None
     signals = StopSignals()
     signals.install(display.say if rank0 and not options.quiet else (lambda markup: None))
     try:
         with display:
-            interrupted = executor.run(pending, Driver(store, display) if rank0 else None, signals.stop, dist)
+            interrupted = executor.run(pending, Driver(store, display, trackers) if rank0 else None, signals.stop, dist)
     except KeyboardInterrupt:  # a second Ctrl-C between two jobs
         interrupted = True
     finally:
@@ -246,6 +266,7 @@ def _execute(experiment: Experiment, run_dir: Path, registry, executor, options:
         return Outcome({}, 0, interrupted)
     phase("summary")
     doc = summarize(store, run_dir, **options.statistics)
+    trackers.run_finished(doc["status"])
     try:
         from testbed.plots import make_learning_curves
 
@@ -258,3 +279,20 @@ def _execute(experiment: Experiment, run_dir: Path, registry, executor, options:
         return Outcome(doc, 130, True)
     refused = any(p["status"] == "refused" for v in doc["variants"] for p in v["problems"])
     return Outcome(doc, 0 if doc["status"] == "ok" else 2 if refused else 1)
+
+
+def _start_trackers(experiment: Experiment, run_dir: Path, registry, display: Display, resumed: bool) -> Trackers:
+    from rich.markup import escape
+
+    from testbed import __version__
+
+    def say(line: str) -> None:  # shown even with --quiet or --json: the run is missing what the user asked for
+        if display.enabled:
+            display.say(f"[yellow]warning: {escape(line)}[/yellow]")
+        else:
+            print(f"warning: {line}", file=sys.stderr, flush=True)
+
+    trackers = create_trackers(list(experiment.track), registry, say)
+    trackers.run_started(TrackedRun(experiment.name, Path(run_dir), list(sys.argv), [v.name for v in experiment.variants], __version__,
+                                    "resume" if resumed else "run"))
+    return trackers

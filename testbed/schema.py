@@ -228,11 +228,26 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "eval_batch_size": Int(128, 1, 2**20, help="images per forward pass when evaluating (each test view separately)"),
     },
 }
-TOP_LEVEL = ("name", "description", "setting", "compare", "report", "data", "model", "augment", "train", "variant")
+# [track]: where the run's numbers go besides the store; one table per run (variants cannot change it)
+TRACK: dict[str, Key] = {
+    "use": ComponentList([], 'trackers fed every epoch by the driver, e.g. ["tensorboard", { name = "mlflow", tracking_uri = "..." }]',
+                         kind="tracker"),
+}
+TOP_LEVEL = ("name", "description", "setting", "compare", "report", "track", "data", "model", "augment", "train", "variant")
 REPORT_KEYS = ("confidence", "correction")
 VARIANT_KEYS = ("name", "description", "setting", "paper", "data", "model", "augment", "train")
 COMPARE_KEYS = ("key", "reference", "paper_factor")
 PAPER_KEYS = ("top1", "top5", "claim", "factor", "test_error")
+
+
+def resolve_track(table: Any, registry: Registry) -> list[dict]:
+    """The [track] table: its trackers resolved to {"name", **all parameters}."""
+    if not isinstance(table, dict):
+        raise BadInput(f"track = {short(table)}: expected a table [track] with use = [\"tensorboard\", ...]")
+    for key in table:
+        if key not in TRACK:
+            raise BadInput(f"track.{key}: unknown key{did_you_mean(key, TRACK)}; valid keys in [track]: {', '.join(TRACK)}")
+    return TRACK["use"].check(table.get("use", []), "track.use", registry)
 
 
 def resolve_config(raw: dict, registry: Registry, where: str) -> dict:
