@@ -40,6 +40,7 @@ from testbed.data import workers_needed  # noqa: E402
 from testbed_builtins.imagefolder import _resize_crop, load_image  # noqa: E402
 
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities")
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # PIL's buffer, only read
 RESIZE = CROP = 256
 
 
