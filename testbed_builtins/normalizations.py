@@ -37,13 +37,13 @@ def window_matrix(channels: int, half: int, towers: int = 1, dtype=torch.float32
     return (near & same_tower).to(dtype)
 
 
-_MATRICES: dict[tuple, torch.Tensor] = {}  # (channels, half, towers, dtype, device) -> window_matrix; a few per model
+_MATRICES: dict[tuple, torch.Tensor] = {}  # (channels, half, towers, weight, dtype, device) -> weight * window_matrix
 
 
-def _cached_matrix(channels: int, half: int, towers: int, dtype, device) -> torch.Tensor:
-    key = (channels, half, towers, dtype, device)
+def _cached_matrix(channels: int, half: int, towers: int, weight: float, dtype, device) -> torch.Tensor:
+    key = (channels, half, towers, weight, dtype, device)
     if key not in _MATRICES:
-        _MATRICES[key] = window_matrix(channels, half, towers, dtype, device)
+        _MATRICES[key] = window_matrix(channels, half, towers, dtype, device).mul_(weight)
     return _MATRICES[key]
 
 
@@ -63,7 +63,7 @@ def _shifted_adds(x: torch.Tensor, half: int, towers: int) -> torch.Tensor:
 GEMM_PER_TOWER_FROM = 64  # channels per tower from which each tower gets its own matrix product
 
 
-def _window_gemm(x: torch.Tensor, half: int, towers: int) -> torch.Tensor:
+def _window_gemm(x: torch.Tensor, half: int, towers: int, weight: float) -> torch.Tensor:
     """The window sum of a channels-last tensor as [N*H*W, C] @ M (M: window_matrix). The
     channels are the innermost dimension there, so shifted views would be short strided runs;
     a GEMM reads each pixel's channels once. Wide towers get one product each (M is
@@ -72,24 +72,26 @@ def _window_gemm(x: torch.Tensor, half: int, towers: int) -> torch.Tensor:
     flat = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view: the memory is already N, H, W, C
     per = c // towers
     if towers == 1 or per < GEMM_PER_TOWER_FROM:
-        out = torch.mm(flat, _cached_matrix(c, half, towers, x.dtype, x.device))
+        out = torch.mm(flat, _cached_matrix(c, half, towers, weight, x.dtype, x.device))
     else:
-        m = _cached_matrix(per, half, 1, x.dtype, x.device)
+        m = _cached_matrix(per, half, 1, weight, x.dtype, x.device)
         out = torch.empty_like(flat)
         for start in range(0, c, per):
             torch.mm(flat[:, start : start + per], m, out=out[:, start : start + per])
     return out.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
-def window_sum(x: torch.Tensor, half: int, towers: int = 1) -> torch.Tensor:
+def window_sum(x: torch.Tensor, half: int, towers: int = 1, weight: float = 1.0) -> torch.Tensor:
     """sum_{j=i-half}^{i+half} x[:, j] along dim 1, clipped at the ends (the LRN window) and, with
     ``towers`` > 1, at the towers' boundaries: each tower's channels are summed on their own.
     The result has x's memory format. Channels-last: a matrix product with the banded 0/1
     window matrix; NCHW: shifted adds (benchmarks/lrn_overhead.py --micro compares them). Both
-    are exact up to float summation order."""
+    are exact up to float summation order. ``weight`` multiplies the sum (the LRN's scale): in
+    channels-last it is folded into the matrix, saving a pass over the result."""
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return _window_gemm(x, half, towers)
-    return _shifted_adds(x, half, towers)
+        return _window_gemm(x, half, towers, weight)
+    out = _shifted_adds(x, half, towers)
+    return out if weight == 1.0 else out.mul_(weight)
 
 
 def _neg_pow_(d: torch.Tensor, beta: float) -> torch.Tensor:
@@ -114,7 +116,7 @@ class _LRNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, half, scale, beta, k, towers):
         sq = a * a
-        denom = window_sum(sq, half, towers).mul_(scale).add_(k)  # D = k + scale * S
+        denom = window_sum(sq, half, towers, scale).add_(k)  # D = k + scale * S
         inv = _neg_pow_(denom, beta)  # D^-beta
         out = torch.mul(a, inv, out=sq)
         q = torch.div(out, denom, out=denom)  # a D^(-beta-1), in D's storage
@@ -136,7 +138,7 @@ class _LRNFunction(torch.autograd.Function):
 def _lrn_forward_only(a: torch.Tensor, half: int, scale: float, beta: float, k: float, towers: int) -> torch.Tensor:
     """b = a * D^-beta when no gradient is wanted (evaluation): nothing saved, no q = b / D pass."""
     sq = a * a
-    denom = window_sum(sq, half, towers).mul_(scale).add_(k)
+    denom = window_sum(sq, half, towers, scale).add_(k)
     if beta == 0.75:  # D^-0.75 into the squares' storage: one full-size allocation fewer
         return torch.sqrt(denom, out=sq).mul_(denom).rsqrt_().mul_(a)
     return _neg_pow_(denom, beta).mul_(a)
