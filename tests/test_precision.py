@@ -11,13 +11,13 @@ for a few seconds per job. Tolerances, and why:
   training amplifies any difference, rounding included (fp32 runs whose operations are merely
   reordered drift apart the same way), so by the third epoch the two courses differ by more
   than rounding would suggest while both fall well below chance.
-- torch.compile (inductor) reorders and fuses float32 operations: the same forward within 1e-4
-  relative, the first epoch's loss within 1e-2.
+- torch.compile (inductor) reorders and fuses float32 operations: the first epoch's loss within
+  1e-2 of eager's. One compiled job only (compiling the forward and backward graphs is most of
+  its time).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -60,6 +60,16 @@ def assert_learned(result):
     assert last < math.log(CLASSES) - 0.2, losses(result)  # below chance-level cross-entropy
 
 
+@pytest.fixture(scope="module")
+def fp32_job(tmp_path_factory):
+    return run_job(context(variant("fp32"), tmp_path_factory.mktemp("fp32") / "job.pt"))
+
+
+@pytest.fixture(scope="module")
+def bf16_job(tmp_path_factory):
+    return run_job(context(variant("bf16"), tmp_path_factory.mktemp("bf16") / "job.pt"))
+
+
 def test_bf16_autocast_forward_is_within_bf16_rounding_of_fp32():
     v = variant("bf16")
     registry = plugins.registry()
@@ -75,9 +85,8 @@ def test_bf16_autocast_forward_is_within_bf16_rounding_of_fp32():
     assert (got.float() - want).abs().max() <= 0.05 * want.abs().max()
 
 
-def test_bf16_training_learns_close_to_fp32(tmp_path):
-    fp32 = run_job(context(variant("fp32"), tmp_path / "fp32.pt"))
-    bf16 = run_job(context(variant("bf16"), tmp_path / "bf16.pt"))
+def test_bf16_training_learns_close_to_fp32(fp32_job, bf16_job):
+    fp32, bf16 = fp32_job, bf16_job
     assert_learned(bf16)
     assert_learned(fp32)
     assert abs(losses(bf16)[0] - losses(fp32)[0]) <= 0.05, (losses(bf16), losses(fp32))
@@ -87,9 +96,8 @@ def _comparable(history):
     return [{k: v for k, v in r.items() if k not in VOLATILE} for r in history]
 
 
-def test_bf16_job_stopped_mid_epoch_resumes_exactly(tmp_path):
-    v = variant("bf16")
-    whole = run_job(context(v, tmp_path / "whole.pt"))
+def test_bf16_job_stopped_mid_epoch_resumes_exactly(bf16_job, tmp_path):
+    v, whole = variant("bf16"), bf16_job
 
     ctx = context(v, tmp_path / "stopped.pt", sync_every=3)
 
@@ -121,14 +129,16 @@ def _fp16_autocast_on_cpu() -> str | None:
 
 
 @pytest.mark.skipif(_fp16_autocast_on_cpu() is not None, reason=str(_fp16_autocast_on_cpu()))
-def test_fp16_with_grad_scaler_learns_close_to_fp32(tmp_path):
-    fp32 = run_job(context(variant("fp32"), tmp_path / "fp32.pt"))
+def test_fp16_with_grad_scaler_learns_close_to_fp32(fp32_job, tmp_path):
+    fp32 = fp32_job
     fp16 = run_job(context(variant("fp16"), tmp_path / "fp16.pt"))
     assert_learned(fp16)
-    # fp16: 11 significant bits, finer than bf16; the GradScaler keeps small gradients representable
-    assert abs(losses(fp16)[0] - losses(fp32)[0]) <= 0.05, (losses(fp16), losses(fp32))
-    state = torch.load(tmp_path / "fp16.pt", weights_only=True)
-    assert state["scaler"]["scale"] > 0  # the checkpoint keeps the scaler's state
+    # The scaler starts at 2^16, where the scaled gradients overflow fp16: it skips those steps,
+    # halving its scale each time, so the first epoch has a few updates fewer than fp32's (out of
+    # 8) and its loss may lag by more than rounding would explain: 0.15 rather than bf16's 0.05.
+    assert abs(losses(fp16)[0] - losses(fp32)[0]) <= 0.15, (losses(fp16), losses(fp32))
+    scale = torch.load(tmp_path / "fp16.pt", weights_only=True)["scaler"]["scale"]
+    assert 0 < scale < 2.0**16  # the checkpoint keeps the scaler, which backed off from the overflow
 
 
 def _compiler_missing() -> str | None:
@@ -141,22 +151,8 @@ def _compiler_missing() -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(_compiler_missing() is not None, reason=str(_compiler_missing()))
-def test_compiled_training_learns_close_to_eager(tmp_path):
-    eager = run_job(context(variant("fp32", epochs=2), tmp_path / "eager.pt"))
-    compiled = run_job(context(variant("fp32", compile_it=True, epochs=2), tmp_path / "compiled.pt"))
+def test_compiled_training_learns_close_to_eager(fp32_job, tmp_path):
+    eager = fp32_job
+    compiled = run_job(context(variant("fp32", compile_it=True), tmp_path / "compiled.pt"))
     assert_learned(compiled)
     assert abs(losses(compiled)[0] - losses(eager)[0]) <= 1e-2, (losses(compiled), losses(eager))
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(_compiler_missing() is not None, reason=str(_compiler_missing()))
-def test_compiled_forward_matches_eager():
-    v = variant("fp32")
-    registry = plugins.registry()
-    data = load_dataset(v.config["data"], registry)
-    torch.manual_seed(0)
-    model = build_for_training(v.config, data, registry, torch.device("cpu")).module.eval()
-    compiled = torch.compile(copy.deepcopy(model))
-    x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4 * model(x).abs().max().item())
