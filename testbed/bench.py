@@ -57,7 +57,7 @@ CHUNKS = 5  # the timed steps are split into this many chunks; the fastest chunk
 NOISY = 1.25  # chunk-to-chunk or start-to-end variation beyond this: warn that the machine was busy
 KEEP_BYTES = 2 * 2**30  # when all variants' training state fits in this, their steps are timed interleaved
 FLOP_CONVENTION = (
-    "torch's FlopCounterMode: 2 x multiply-adds of matrix products and convolutions (groups included; bias, "
+    "torch's FlopCounterMode: 2 x multiply-adds of the convolution and linear layers (groups included; bias, "
     "activations, LRN, pooling not counted); training = forward + weight gradients + input gradients (none "
     "for the first layer), grouped convolutions' weight gradients counted per group"
 )
@@ -183,6 +183,18 @@ def _by_layer(counts: dict) -> dict[str, int]:
     return out
 
 
+def _weight_layers(model: nn.Module) -> set[str]:
+    """FlopCounterMode's names of the convolution and linear layers: only their products count
+    (a normalization may use a matrix product internally, e.g. the LRN's window sum)."""
+    root = type(model).__name__
+    return {f"{root}.{path}" for path, m in model.named_modules() if path and isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def _layer_counts(counter, layers: set[str]) -> dict:
+    counts = {name: ops for name, ops in counter.get_flop_counts().items() if name in layers}
+    return counts or {"all": {"total": counter.get_total_flops()}}  # names not found: count everything
+
+
 def count_flops(model: nn.Module, x: torch.Tensor) -> dict:
     """Forward and training FLOPs per image of ``model`` on the batch ``x`` (see FLOP_CONVENTION):
     one forward pass, then a forward and backward pass, counted by FlopCounterMode. Gradients
@@ -192,9 +204,11 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> dict:
     with torch.enable_grad(), _flop_counter() as train:
         model(x).float().sum().backward()
     model.zero_grad(set_to_none=True)
-    b = x.shape[0]
-    layers = {name: {"forward": flops / b} for name, flops in _by_layer(forward.get_flop_counts()).items()}
-    return {"forward": forward.get_total_flops() / b, "train": train.get_total_flops() / b, "by_layer": layers}
+    b, layers = x.shape[0], _weight_layers(model)
+    fwd, trn = _layer_counts(forward, layers), _layer_counts(train, layers)
+    by_layer = {name: {"forward": flops / b} for name, flops in _by_layer(fwd).items()}
+    total = lambda counts: sum(sum(ops.values()) for ops in counts.values())  # noqa: E731
+    return {"forward": total(fwd) / b, "train": total(trn) / b, "by_layer": by_layer}
 
 
 # ---------------------------------------------------------------------------- timing
@@ -503,7 +517,7 @@ def _report(console, r: dict) -> None:
     console.print(
         f"bench {escape(r['name'])}: step {r['step_ms']:.1f} ms ({r['train_images_per_s']:.0f} img/s), data "
         f"{r['data_ms']:.2f} ms ({100 * r['data_fraction_of_step']:.1f}% of a step), "
-        f"{r['achieved_gflops']:.1f} GFLOP/s = {100 * r['utilisation']:.1f}% of peak"
+        f"{r['achieved_gflops']:.1f} GFLOP/s = {100 * r['utilisation']:.1f}% of peak; the loop is limited by the {r['limited_by']}"
         + (f"; decoding {r['decode_images_per_s_per_core']:.0f} img/s per core: {r['workers_needed']} worker(s) feed this step, "
            f"{r['workers']} configured" if r["workers_needed"] else "")
     )
@@ -519,6 +533,7 @@ def render_bench(doc: dict, console) -> None:
     def num(value, fmt):
         return "-" if value is None else format(value, fmt)
 
+    streaming = any(r.get("decode_images_per_s_per_core") for r in doc["variants"])  # a loader that decodes files
     table = Table(
         title=f"{doc['experiment']}: training-step and data-pipeline throughput on {doc['device']} ({doc['device_name']})",
         title_justify="left",
@@ -526,7 +541,7 @@ def render_bench(doc: dict, console) -> None:
     for name, justify in [
         ("variant", "left"), ("batch", "right"), ("step ms", "right"), ("train img/s", "right"), ("vs baseline", "right"),
         ("data img/s", "right"), ("data % of step", "right"), ("augment % of step", "right"), ("loop img/s", "right"),
-        ("data % in loop", "right"), ("limited by", "left"), ("decode img/s/core", "right"), ("workers: have/need", "right"),
+        ("data % in loop", "right"), *([("decode img/s/core", "right"), ("workers have/need", "right")] if streaming else []),
         ("GFLOP/img fwd", "right"),
         ("GFLOP/img train", "right"), ("GFLOP/s", "right"), ("utilisation", "right"), ("peak MB", "right"),
     ]:
@@ -537,9 +552,9 @@ def render_bench(doc: dict, console) -> None:
             num(r.get("step_time_vs_baseline"), ".2f") + "x", num(r["data_images_per_s"], ".0f"),
             num(100 * r["data_fraction_of_step"], ".1f"),
             "-" if r["augment_fraction_of_step"] is None else num(100 * r["augment_fraction_of_step"], ".1f"),
-            num(r["loop_images_per_s"], ".0f"), num(100 * r["data_fraction_in_loop"], ".1f"), r["limited_by"],
-            num(r["decode_images_per_s_per_core"], ".0f"),
-            "-" if r["workers_needed"] is None else f"{r['workers']}/{r['workers_needed']}",
+            num(r["loop_images_per_s"], ".0f"), num(100 * r["data_fraction_in_loop"], ".1f"),
+            *([num(r["decode_images_per_s_per_core"], ".0f"),
+               "-" if r["workers_needed"] is None else f"{r['workers']}/{r['workers_needed']}"] if streaming else []),
             num(r["gflops_per_image"], ".4f"), num(r["train_gflops_per_image"], ".4f"), num(r["achieved_gflops"], ".1f"),
             num(100 * r["utilisation"], ".1f") + "%", num(r["peak_memory_mb"], ".0f"),
         )
