@@ -128,10 +128,11 @@ def _fp16_autocast_on_cpu() -> str | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_fp16_autocast_on_cpu() is not None, reason=str(_fp16_autocast_on_cpu()))
 def test_fp16_with_grad_scaler_learns_close_to_fp32(fp32_job, tmp_path):
     fp32 = fp32_job
-    fp16 = run_job(context(variant("fp16"), tmp_path / "fp16.pt"))
+    fp16 = run_job(context(variant("fp16", epochs=2), tmp_path / "fp16.pt"))  # fp16 convolutions are slow on a CPU
     assert_learned(fp16)
     # The scaler starts at 2^16, where the scaled gradients overflow fp16: it skips those steps,
     # halving its scale each time, so the first epoch has a few updates fewer than fp32's (out of
@@ -153,6 +154,6 @@ def _compiler_missing() -> str | None:
 @pytest.mark.skipif(_compiler_missing() is not None, reason=str(_compiler_missing()))
 def test_compiled_training_learns_close_to_eager(fp32_job, tmp_path):
     eager = fp32_job
-    compiled = run_job(context(variant("fp32", compile_it=True), tmp_path / "compiled.pt"))
+    compiled = run_job(context(variant("fp32", compile_it=True, epochs=2), tmp_path / "compiled.pt"))
     assert_learned(compiled)
     assert abs(losses(compiled)[0] - losses(eager)[0]) <= 1e-2, (losses(compiled), losses(eager))
