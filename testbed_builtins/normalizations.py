@@ -43,7 +43,10 @@ _MATRICES: dict[tuple, torch.Tensor] = {}  # (channels, half, towers, weight, dt
 def _cached_matrix(channels: int, half: int, towers: int, weight: float, dtype, device) -> torch.Tensor:
     key = (channels, half, towers, weight, dtype, device)
     if key not in _MATRICES:
-        _MATRICES[key] = window_matrix(channels, half, towers, dtype, device).mul_(weight)
+        # a normal tensor even when first needed under inference_mode (evaluation before training,
+        # as a resumed job does): an inference tensor could not be saved for a later backward
+        with torch.inference_mode(False):
+            _MATRICES[key] = window_matrix(channels, half, towers, dtype, device).mul_(weight)
     return _MATRICES[key]
 
 

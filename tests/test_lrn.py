@@ -153,3 +153,19 @@ def test_window_sum_in_either_format_clips_at_ends_and_towers(channels_last):
     per_tower = [1 + 2, 1 + 2 + 3, 2 + 3 + 4, 3 + 4, 5 + 6, 5 + 6 + 7, 6 + 7 + 8, 7 + 8]
     assert got[1, :, 1, 2].tolist() == per_tower
     assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_training_after_a_first_use_under_inference_mode():
+    """The channels-last window matrix is cached; made first during evaluation (inference_mode),
+    it must still serve a training step's backward (a resumed job evaluates before it trains)."""
+    from testbed_builtins import normalizations
+
+    normalizations._MATRICES.clear()
+    a = (torch.randn(2, 14, 3, 3) * 3).contiguous(memory_format=torch.channels_last)
+    module = lrn(7, size=5, alpha=0.5)
+    with torch.inference_mode():
+        evaluated = module.forward_towers(a, 2)
+    x = a.clone().requires_grad_()
+    module.forward_towers(x, 2).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    torch.testing.assert_close(module.forward_towers(a, 2).detach(), evaluated)
