@@ -121,7 +121,7 @@ def main() -> None:
             for ten in (False, True):
                 order = ("evaluate", "plain") if r % 2 == 0 else ("plain", "evaluate")
                 for how in order:
-                    times[(name, ten, how)].append(timed(lambda: getattr(c, how)(ten)))
+                    times[(name, ten, how)].append(timed(lambda c=c, how=how, ten=ten: getattr(c, how)(ten)))
     n = len(next(iter(candidates.values())).pipeline._test[1]) if hasattr(next(iter(candidates.values())).pipeline, "_test") else args.test_size
     rows = []
     for name in candidates:
