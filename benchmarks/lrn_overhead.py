@@ -12,6 +12,7 @@ variant's step time over the no-LRN step time (the median of the per-round ratio
     git show 163bea7:plugins/normalizations.py > /tmp/lrn_before.py   # an earlier LRN, side by side:
     python benchmarks/lrn_overhead.py --compare-with /tmp/lrn_before.py
     python benchmarks/lrn_overhead.py --micro --compare-with /tmp/lrn_before.py   # the layers alone
+    python benchmarks/lrn_overhead.py --micro --channels-last [--forward-only]    # testbed's default format; evaluation
 """
 
 from __future__ import annotations
@@ -74,11 +75,11 @@ def build_three(geometry: str, width: float, size: int, classes: int, other=None
     return models
 
 
-def measure(key: str, rounds: int, steps: int, other=None) -> dict:
+def measure(key: str, rounds: int, steps: int, other=None, fmt=torch.contiguous_format) -> dict:
     geometry, width, size, batch, classes = GEOMETRIES[key]
-    models = build_three(geometry, width, size, classes, other)
+    models = {k: m.to(memory_format=fmt) for k, m in build_three(geometry, width, size, classes, other).items()}
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, size, size, generator=gen)
+    x = torch.randn(batch, 3, size, size, generator=gen).contiguous(memory_format=fmt)
     y = torch.randint(0, classes, (batch,), generator=gen)
     optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4) for k, m in models.items()}
     for k, m in models.items():
@@ -111,7 +112,7 @@ def measure(key: str, rounds: int, steps: int, other=None) -> dict:
 MICRO_SHAPES = [(64, 24, 32, 32), (64, 64, 15, 15), (16, 96, 55, 55), (16, 256, 27, 27)]  # after conv1/conv2, both geometries
 
 
-def micro(other=None, reps: int = 15) -> None:
+def micro(other=None, reps: int = 15, fmt=torch.contiguous_format, forward_only: bool = False) -> None:
     """The normalization layers alone (both towers, forward + backward), one thread, CPU time
     of this thread (insensitive to other processes), median of ``reps``."""
     from testbed_builtins.normalizations import lrn
@@ -120,20 +121,25 @@ def micro(other=None, reps: int = 15) -> None:
     makers = {"none": nn.Identity, "testbed-lrn": lambda: lrn(0), "torch-lrn": lambda: nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0)}
     if other is not None:
         makers["other-lrn"] = lambda: other(0)
-    print("normalization layers alone, forward + backward of both towers, 1 thread, median CPU ms:")
+    what = "forward only (inference_mode)" if forward_only else "forward + backward"
+    print(f"normalization layers alone, {what} of both towers, 1 thread, median CPU ms ({fmt}):")
     print(f"  {'input':<18}" + "".join(f"{k:>13}" for k in makers))
     for shape in MICRO_SHAPES:
         gen = torch.Generator().manual_seed(0)
-        x0 = torch.randn(*shape, generator=gen).relu() * 5
-        g = torch.randn(*shape, generator=gen)
+        x0 = (torch.randn(*shape, generator=gen).relu() * 5).contiguous(memory_format=fmt)
+        g = torch.randn(*shape, generator=gen).contiguous(memory_format=fmt)
         row = []
         for make in makers.values():
             module = TowerSplit([make(), make()])
             times = []
             for i in range(reps + 2):
-                x = x0.clone().requires_grad_()
+                x = x0.clone(memory_format=torch.preserve_format).requires_grad_(not forward_only)
                 tick = time.thread_time()
-                module(x).backward(g)
+                if forward_only:
+                    with torch.inference_mode():
+                        module(x)
+                else:
+                    module(x).backward(g)
                 if i >= 2:
                     times.append(time.thread_time() - tick)
             row.append(1e3 * statistics.median(times))
@@ -148,14 +154,17 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the JSON document only")
     parser.add_argument("--compare-with", metavar="PATH", help="another normalizations.py whose lrn() is timed too, as other-lrn")
     parser.add_argument("--micro", action="store_true", help="time the normalization layers alone instead (one thread)")
+    parser.add_argument("--channels-last", action="store_true", help="models and inputs in channels-last (testbed's default) instead of NCHW")
+    parser.add_argument("--forward-only", action="store_true", help="--micro: the forward pass under inference_mode (evaluation)")
     args = parser.parse_args()
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     if args.micro:
-        micro(load_other_lrn(args.compare_with) if args.compare_with else None)
+        micro(load_other_lrn(args.compare_with) if args.compare_with else None, fmt=fmt, forward_only=args.forward_only)
         return
     doc = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(), "results": []}
     for key in args.only or ["cifar", "imagenet"]:
         other = load_other_lrn(args.compare_with) if args.compare_with else None
-        doc["results"].append(measure(key, args.rounds, args.steps if key == "cifar" else 1, other))
+        doc["results"].append(measure(key, args.rounds, args.steps if key == "cifar" else 1, other, fmt))
     if args.json:
         print(json.dumps(doc, indent=2))
         return

@@ -9,6 +9,9 @@ experiment's optimizer, precision and compile setting):
 - the data pipeline alone: uint8 batch -> device -> float -> preprocess -> augmentations, as
   ``Pipeline.train_batches`` yields them (images/s), and the train augmentations alone, each
   also as a fraction of the step time;
+- for a streaming dataset whose train_set measures it (``decode_rate``; imagefolder does), the
+  images/s one CPU core decodes and resizes, and how many DataLoader workers the measured step
+  rate needs; per variant, which of the step and the pipeline limits the loop;
 - the training loop as it runs (next batch from the pipeline, then a step on it): its time per
   iteration less the step's is what the pipeline really costs inside the loop (on a CPU more
   than alone: right after a backward pass the first batch's ops run slower);
@@ -42,7 +45,7 @@ import torch.nn.functional as F
 from rich.markup import escape
 from torch import nn
 
-from testbed.data import InMemoryData, augmentation_generator, center_crop
+from testbed.data import InMemoryData, StreamingData, augmentation_generator, center_crop, workers_needed
 from testbed.model import build_model
 from testbed.assembly import build_for_training, build_pipeline
 from testbed.seeding import seed_everything
@@ -54,7 +57,7 @@ CHUNKS = 5  # the timed steps are split into this many chunks; the fastest chunk
 NOISY = 1.25  # chunk-to-chunk or start-to-end variation beyond this: warn that the machine was busy
 KEEP_BYTES = 2 * 2**30  # when all variants' training state fits in this, their steps are timed interleaved
 FLOP_CONVENTION = (
-    "torch's FlopCounterMode: 2 x multiply-adds of matrix products and convolutions (groups included; bias, "
+    "torch's FlopCounterMode: 2 x multiply-adds of the convolution and linear layers (groups included; bias, "
     "activations, LRN, pooling not counted); training = forward + weight gradients + input gradients (none "
     "for the first layer), grouped convolutions' weight gradients counted per group"
 )
@@ -180,6 +183,18 @@ def _by_layer(counts: dict) -> dict[str, int]:
     return out
 
 
+def _weight_layers(model: nn.Module) -> set[str]:
+    """FlopCounterMode's names of the convolution and linear layers: only their products count
+    (a normalization may use a matrix product internally, e.g. the LRN's window sum)."""
+    root = type(model).__name__
+    return {f"{root}.{path}" for path, m in model.named_modules() if path and isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def _layer_counts(counter, layers: set[str]) -> dict:
+    counts = {name: ops for name, ops in counter.get_flop_counts().items() if name in layers}
+    return counts or {"all": {"total": counter.get_total_flops()}}  # names not found: count everything
+
+
 def count_flops(model: nn.Module, x: torch.Tensor) -> dict:
     """Forward and training FLOPs per image of ``model`` on the batch ``x`` (see FLOP_CONVENTION):
     one forward pass, then a forward and backward pass, counted by FlopCounterMode. Gradients
@@ -189,9 +204,11 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> dict:
     with torch.enable_grad(), _flop_counter() as train:
         model(x).float().sum().backward()
     model.zero_grad(set_to_none=True)
-    b = x.shape[0]
-    layers = {name: {"forward": flops / b} for name, flops in _by_layer(forward.get_flop_counts()).items()}
-    return {"forward": forward.get_total_flops() / b, "train": train.get_total_flops() / b, "by_layer": layers}
+    b, layers = x.shape[0], _weight_layers(model)
+    fwd, trn = _layer_counts(forward, layers), _layer_counts(train, layers)
+    by_layer = {name: {"forward": flops / b} for name, flops in _by_layer(fwd).items()}
+    total = lambda counts: sum(sum(ops.values()) for ops in counts.values())  # noqa: E731
+    return {"forward": total(fwd) / b, "train": total(trn) / b, "by_layer": by_layer}
 
 
 # ---------------------------------------------------------------------------- timing
@@ -271,6 +288,9 @@ class VariantBench:
             self.raw = self.pipeline.preprocess.apply(data.train_images[: self.batch_size].to(self.device).float())
             self.augment()
         self.times: dict[str, list[float]] = {"step": [], "data": [], "augment": [], "loop": []}
+        # What a streaming loader can feed: one core's decoding rate, if the dataset measures it
+        self.decode_per_core = data.decode_rate() if isinstance(data, StreamingData) else None
+        self.workers = data.workers if isinstance(data, StreamingData) else None
 
     def _training_module(self, built, device, compile_it: bool):
         if built.placement.distributed:
@@ -333,6 +353,10 @@ class VariantBench:
             "loop_ms": 1e3 * loop_s,
             "loop_images_per_s": self.batch_size / loop_s,
             "data_fraction_in_loop": max(0.0, (loop_s - step_s) / loop_s),
+            "limited_by": "data pipeline" if self.batch_size / data_s < images_per_s else "training step",
+            "workers": self.workers,
+            "decode_images_per_s_per_core": self.decode_per_core,
+            "workers_needed": workers_needed(images_per_s, self.decode_per_core) if self.decode_per_core else None,
             "gflops_per_image": self.flops["forward"] / 1e9,
             "train_gflops_per_image": self.flops["train"] / 1e9,
             "achieved_gflops": achieved,
@@ -493,7 +517,9 @@ def _report(console, r: dict) -> None:
     console.print(
         f"bench {escape(r['name'])}: step {r['step_ms']:.1f} ms ({r['train_images_per_s']:.0f} img/s), data "
         f"{r['data_ms']:.2f} ms ({100 * r['data_fraction_of_step']:.1f}% of a step), "
-        f"{r['achieved_gflops']:.1f} GFLOP/s = {100 * r['utilisation']:.1f}% of peak"
+        f"{r['achieved_gflops']:.1f} GFLOP/s = {100 * r['utilisation']:.1f}% of peak; the loop is limited by the {r['limited_by']}"
+        + (f"; decoding {r['decode_images_per_s_per_core']:.0f} img/s per core: {r['workers_needed']} worker(s) feed this step, "
+           f"{r['workers']} configured" if r["workers_needed"] else "")
     )
 
 
@@ -507,6 +533,7 @@ def render_bench(doc: dict, console) -> None:
     def num(value, fmt):
         return "-" if value is None else format(value, fmt)
 
+    streaming = any(r.get("decode_images_per_s_per_core") for r in doc["variants"])  # a loader that decodes files
     table = Table(
         title=f"{doc['experiment']}: training-step and data-pipeline throughput on {doc['device']} ({doc['device_name']})",
         title_justify="left",
@@ -514,7 +541,8 @@ def render_bench(doc: dict, console) -> None:
     for name, justify in [
         ("variant", "left"), ("batch", "right"), ("step ms", "right"), ("train img/s", "right"), ("vs baseline", "right"),
         ("data img/s", "right"), ("data % of step", "right"), ("augment % of step", "right"), ("loop img/s", "right"),
-        ("data % in loop", "right"), ("GFLOP/img fwd", "right"),
+        ("data % in loop", "right"), *([("decode img/s/core", "right"), ("workers have/need", "right")] if streaming else []),
+        ("GFLOP/img fwd", "right"),
         ("GFLOP/img train", "right"), ("GFLOP/s", "right"), ("utilisation", "right"), ("peak MB", "right"),
     ]:
         table.add_column(name, justify=justify, no_wrap=True)
@@ -525,6 +553,8 @@ def render_bench(doc: dict, console) -> None:
             num(100 * r["data_fraction_of_step"], ".1f"),
             "-" if r["augment_fraction_of_step"] is None else num(100 * r["augment_fraction_of_step"], ".1f"),
             num(r["loop_images_per_s"], ".0f"), num(100 * r["data_fraction_in_loop"], ".1f"),
+            *([num(r["decode_images_per_s_per_core"], ".0f"),
+               "-" if r["workers_needed"] is None else f"{r['workers']}/{r['workers_needed']}"] if streaming else []),
             num(r["gflops_per_image"], ".4f"), num(r["train_gflops_per_image"], ".4f"), num(r["achieved_gflops"], ".1f"),
             num(100 * r["utilisation"], ".1f") + "%", num(r["peak_memory_mb"], ".0f"),
         )

@@ -12,6 +12,7 @@ subtracting a mean image cropped at the same offset would.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +168,18 @@ class StreamingData:
 
     def __len__(self):
         return len(self.train_set)
+
+    def decode_rate(self, sample: int = 32) -> float | None:
+        """Images/s one CPU core turns from files into uint8 images (one DataLoader worker's
+        share), if the training set measures it: an optional ``decode_rate(sample)`` method of
+        the dataset plugin's train_set. None when it does not say."""
+        measure = getattr(self.train_set, "decode_rate", None)
+        return float(measure(sample)) if callable(measure) else None
+
+
+def workers_needed(images_per_s: float, per_core: float) -> int:
+    """DataLoader workers (one core each) that decode ``images_per_s`` at ``per_core`` images/s each."""
+    return max(1, math.ceil(images_per_s / per_core))
 
 
 def _collate_dropping_unreadable(samples):

@@ -166,6 +166,28 @@ class ImageFolderSplit(torch.utils.data.Dataset):
     def path(self, i: int) -> str:
         return self.paths[i]
 
+    def decode_rate(self, sample: int = 32) -> float:
+        """Images/s one CPU core decodes and resizes (what one DataLoader worker can feed): up to
+        ``sample`` files spread over the split, read and decoded in this process on one thread
+        (the second pass counts, so the files are in the page cache as an epoch would find them)."""
+        picks = range(0, len(self), max(1, len(self) // sample))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            elapsed, done = 0.0, 0
+            for attempt in range(2):
+                tick, done = time.perf_counter(), 0
+                for i in picks:
+                    try:
+                        load_image(self.paths[i], self.resize, self.crop)
+                        done += 1
+                    except Exception:
+                        pass
+                elapsed = time.perf_counter() - tick
+        finally:
+            torch.set_num_threads(threads)
+        return done / elapsed if done and elapsed > 0 else 0.0
+
     def __getitem__(self, i: int):
         try:
             return load_image(self.paths[i], self.resize, self.crop), int(self.labels[i])
@@ -375,8 +397,10 @@ def imagefolder(
     if not keep_in_memory:
         if decode_device == "cuda":
             _say("note: decode_device = 'cuda' applies to in-memory loading; streamed images are decoded by CPU workers")
+        rate = train_set.decode_rate(16)
         _say(f"streaming {len(train_set)} + {len(test_set)} images from {root} ({in_bytes / 2**30:.1f} GiB decoded; "
-             f"{workers} workers, {crop} px)")
+             f"{workers} workers, {crop} px); one core decodes about {rate:.0f} images/s, so {workers} workers feed "
+             f"about {rate * max(workers, 1):.0f} images/s (`testbed bench` compares it with the training step)")
         return StreamingData(train_set, test_set, list(names), crop, workers)
 
     started = time.monotonic()

@@ -26,19 +26,75 @@ from torch import nn
 from testbed import hookimpl
 
 
-def window_sum(x: torch.Tensor, half: int, towers: int = 1) -> torch.Tensor:
-    """sum_{j=i-half}^{i+half} x[:, j] along dim 1, clipped at the ends (the LRN window) and, with
-    ``towers`` > 1, at the towers' boundaries: each tower's channels are summed on their own.
-    Shifted slices along dim 1 are views in either memory format, so nothing is copied (add_ on
-    the view: ``view[...] += y`` would also copy the view back onto itself)."""
+def window_matrix(channels: int, half: int, towers: int = 1, dtype=torch.float32, device=None) -> torch.Tensor:
+    """The LRN window as a channels x channels 0/1 matrix M, M[i, j] = 1 where channel j is in
+    channel i's window: |i - j| <= half and both in the same tower. Symmetric, so the window sum
+    S = M a along channels is also its own transpose (the backward's window sum)."""
+    index = torch.arange(channels, device=device)
+    per = channels // towers
+    near = (index[:, None] - index[None, :]).abs() <= half
+    same_tower = (index[:, None] // per) == (index[None, :] // per)
+    return (near & same_tower).to(dtype)
+
+
+_MATRICES: dict[tuple, torch.Tensor] = {}  # (channels, half, towers, weight, dtype, device) -> weight * window_matrix
+
+
+def _cached_matrix(channels: int, half: int, towers: int, weight: float, dtype, device) -> torch.Tensor:
+    key = (channels, half, towers, weight, dtype, device)
+    if key not in _MATRICES:
+        # a normal tensor even when first needed under inference_mode (evaluation before training,
+        # as a resumed job does): an inference tensor could not be saved for a later backward
+        with torch.inference_mode(False):
+            _MATRICES[key] = window_matrix(channels, half, towers, dtype, device).mul_(weight)
+    return _MATRICES[key]
+
+
+def _shifted_adds(x: torch.Tensor, half: int, towers: int) -> torch.Tensor:
+    """The window sum as 2 x half in-place adds of shifted views along dim 1 (NCHW: each view is
+    a run of whole H x W planes, so every add streams through memory)."""
     out = x.clone()
     per = x.shape[1] // towers
     for start in range(0, x.shape[1], per):
         block, src = out[:, start : start + per], x[:, start : start + per]
         for d in range(1, min(half, per - 1) + 1):
-            block[:, d:].add_(src[:, :-d])
+            block[:, d:].add_(src[:, :-d])  # add_ on the view: `view[...] += y` would copy it back
             block[:, :-d].add_(src[:, d:])
     return out
+
+
+GEMM_PER_TOWER_FROM = 64  # channels per tower from which each tower gets its own matrix product
+
+
+def _window_gemm(x: torch.Tensor, half: int, towers: int, weight: float) -> torch.Tensor:
+    """The window sum of a channels-last tensor as [N*H*W, C] @ M (M: window_matrix). The
+    channels are the innermost dimension there, so shifted views would be short strided runs;
+    a GEMM reads each pixel's channels once. Wide towers get one product each (M is
+    block-diagonal: the zero blocks would double the work)."""
+    n, c, h, w = x.shape
+    flat = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view: the memory is already N, H, W, C
+    per = c // towers
+    if towers == 1 or per < GEMM_PER_TOWER_FROM:
+        out = torch.mm(flat, _cached_matrix(c, half, towers, weight, x.dtype, x.device))
+    else:
+        m = _cached_matrix(per, half, 1, weight, x.dtype, x.device)
+        out = torch.empty_like(flat)
+        for start in range(0, c, per):
+            torch.mm(flat[:, start : start + per], m, out=out[:, start : start + per])
+    return out.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def window_sum(x: torch.Tensor, half: int, towers: int = 1, weight: float = 1.0) -> torch.Tensor:
+    """sum_{j=i-half}^{i+half} x[:, j] along dim 1, clipped at the ends (the LRN window) and, with
+    ``towers`` > 1, at the towers' boundaries: each tower's channels are summed on their own.
+    The result has x's memory format. Channels-last: a matrix product with the banded 0/1
+    window matrix; NCHW: shifted adds (benchmarks/lrn_overhead.py --micro compares them). Both
+    are exact up to float summation order. ``weight`` multiplies the sum (the LRN's scale): in
+    channels-last it is folded into the matrix, saving a pass over the result."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return _window_gemm(x, half, towers, weight)
+    out = _shifted_adds(x, half, towers)
+    return out if weight == 1.0 else out.mul_(weight)
 
 
 def _neg_pow_(d: torch.Tensor, beta: float) -> torch.Tensor:
@@ -63,7 +119,7 @@ class _LRNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, half, scale, beta, k, towers):
         sq = a * a
-        denom = window_sum(sq, half, towers).mul_(scale).add_(k)  # D = k + scale * S
+        denom = window_sum(sq, half, towers, scale).add_(k)  # D = k + scale * S
         inv = _neg_pow_(denom, beta)  # D^-beta
         out = torch.mul(a, inv, out=sq)
         q = torch.div(out, denom, out=denom)  # a D^(-beta-1), in D's storage
@@ -82,11 +138,24 @@ class _LRNFunction(torch.autograd.Function):
         return torch.mul(grad, inv, out=t).addcmul_(a, s, value=-2.0 * beta * scale), None, None, None, None, None
 
 
+def _lrn_forward_only(a: torch.Tensor, half: int, scale: float, beta: float, k: float, towers: int) -> torch.Tensor:
+    """b = a * D^-beta when no gradient is wanted (evaluation): nothing saved, no q = b / D pass."""
+    sq = a * a
+    denom = window_sum(sq, half, towers, scale).add_(k)
+    if beta == 0.75:  # D^-0.75 into the squares' storage: one full-size allocation fewer
+        return torch.sqrt(denom, out=sq).mul_(denom).rsqrt_().mul_(a)
+    return _neg_pow_(denom, beta).mul_(a)
+
+
 def local_response_norm(a: torch.Tensor, size: int, alpha: float, beta: float, k: float, convention: str, towers: int = 1):
     scale = alpha / size if convention == "divided-by-n" else alpha
-    if a.dtype in (torch.float16, torch.bfloat16):  # the power and the sum of squares want float32
-        return _LRNFunction.apply(a.float(), size // 2, scale, beta, k, towers).to(a.dtype)
-    return _LRNFunction.apply(a, size // 2, scale, beta, k, towers)
+    low = a.dtype in (torch.float16, torch.bfloat16)  # the power and the sum of squares want float32
+    x = a.float() if low else a
+    if torch.is_grad_enabled() and a.requires_grad:
+        out = _LRNFunction.apply(x, size // 2, scale, beta, k, towers)
+    else:
+        out = _lrn_forward_only(x, size // 2, scale, beta, k, towers)
+    return out.to(a.dtype) if low else out
 
 
 class LocalResponseNorm(nn.Module):

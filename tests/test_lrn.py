@@ -110,3 +110,62 @@ def test_towers_and_memory_formats_match_the_formula_per_tower(channels_last, to
     (grad_got,) = torch.autograd.grad(got, a, g)
     (grad_want,) = torch.autograd.grad(want, a, g)
     torch.testing.assert_close(grad_got, grad_want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("towers,channels", [(1, 10), (2, 12), (2, 128)])  # 2 x 64: one matrix product per tower
+@pytest.mark.parametrize("no_grad", [torch.no_grad, torch.inference_mode])
+def test_forward_only_path_matches_the_formula(channels_last, towers, channels, no_grad):
+    """Evaluation (no gradient wanted) takes a path that saves nothing; same values as the formula."""
+    torch.manual_seed(5)
+    a = torch.randn(2, channels, 3, 4, dtype=torch.float64) * 4
+    x = a.contiguous(memory_format=torch.channels_last) if channels_last else a
+    module = lrn(channels // towers, size=5, alpha=0.9, beta=0.75, k=1.5)
+    with no_grad():
+        got = module.forward_towers(x, towers)
+    assert not got.requires_grad
+    parts = a.chunk(towers, dim=1)
+    want = torch.cat([lrn_by_the_formula(p, 5, 0.9, 0.75, 1.5, "divided-by-n") for p in parts], dim=1)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_wide_towers_values_and_gradients_match_the_formula(channels_last):
+    """Two towers of 64 channels: in channels-last each tower's window sum is its own matrix product."""
+    torch.manual_seed(6)
+    a = (torch.randn(2, 128, 3, 3, dtype=torch.float64) * 3).requires_grad_()
+    x = a.contiguous(memory_format=torch.channels_last) if channels_last else a
+    got = lrn(64, size=5, alpha=0.6, beta=0.75, k=1.0).forward_towers(x, 2)
+    want = torch.cat([lrn_by_the_formula(p, 5, 0.6, 0.75, 1.0, "divided-by-n") for p in a.chunk(2, dim=1)], dim=1)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(want)
+    (grad_got,) = torch.autograd.grad(got, a, g)
+    (grad_want,) = torch.autograd.grad(want, a, g)
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_window_sum_in_either_format_clips_at_ends_and_towers(channels_last):
+    x = torch.arange(1.0, 9.0).view(1, 8, 1, 1).expand(2, 8, 2, 3).contiguous()  # channels 1..8, two towers of 4
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = window_sum(x, 1, towers=2)
+    per_tower = [1 + 2, 1 + 2 + 3, 2 + 3 + 4, 3 + 4, 5 + 6, 5 + 6 + 7, 6 + 7 + 8, 7 + 8]
+    assert got[1, :, 1, 2].tolist() == per_tower
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_training_after_a_first_use_under_inference_mode():
+    """The channels-last window matrix is cached; made first during evaluation (inference_mode),
+    it must still serve a training step's backward (a resumed job evaluates before it trains)."""
+    from testbed_builtins import normalizations
+
+    normalizations._MATRICES.clear()
+    a = (torch.randn(2, 14, 3, 3) * 3).contiguous(memory_format=torch.channels_last)
+    module = lrn(7, size=5, alpha=0.5)
+    with torch.inference_mode():
+        evaluated = module.forward_towers(a, 2)
+    x = a.clone().requires_grad_()
+    module.forward_towers(x, 2).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    torch.testing.assert_close(module.forward_towers(a, 2).detach(), evaluated)
