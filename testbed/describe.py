@@ -36,6 +36,7 @@ def describe_variant(variant, registry, device: torch.device) -> dict:
         "name": variant.name,
         "changes": variant.changes,
         "components": {
+            "architecture": model["architecture"]["name"],
             "activation": model["activation"]["name"],
             "normalization": model["normalization"]["name"],
             "pooling": model["pooling"]["name"],
@@ -46,6 +47,7 @@ def describe_variant(variant, registry, device: torch.device) -> dict:
             "dataset": cfg["data"]["dataset"]["name"],
             "preprocess": cfg["data"]["preprocess"]["name"],
         },
+        "slots": registry.get("architecture", model["architecture"]["name"]).contract.get("slots"),
         "geometry": built.plan.geometry,
         "input_size": built.plan.input_size,
         "classes": classes,
@@ -110,9 +112,14 @@ def render_description(doc: dict, console: Console) -> None:
     setup = Table(title=f"{doc['experiment']}: the baseline ({doc['path']})", title_justify="left", show_header=False)
     setup.add_column("slot", style="bold")
     setup.add_column("component")
+    slots = base.get("slots")  # None: every [model] key counts
+    if slots is None:
+        model_row = f"{base['geometry']} geometry, {base['input_size']} px input, width {cfg['model']['width']:g}"
+    else:
+        model_row = f"architecture {_component(cfg['model']['architecture'])}, {base['input_size']} px input"
     rows = [
         ("data", f"{_component(cfg['data']['dataset'])}, {base['classes']} classes, preprocess {_component(cfg['data']['preprocess'])}"),
-        ("model", f"{base['geometry']} geometry, {base['input_size']} px input, width {cfg['model']['width']:g}"),
+        ("model", model_row),
         ("activation", _component(cfg["model"]["activation"])),
         ("normalization", _component(cfg["model"]["normalization"])),
         ("pooling", _component(cfg["model"]["pooling"])),
@@ -123,6 +130,8 @@ def render_description(doc: dict, console: Console) -> None:
         ("train", f"{cfg['train']['epochs']} epochs, batch {cfg['train']['batch_size']}, {_component(cfg['train']['optimizer'])}, "
                   f"schedule {_component(cfg['train']['schedule'])}, seeds {cfg['train']['seeds']}"),
     ]
+    if slots is not None and "dropout" not in slots:
+        rows = [row for row in rows if row[0] != "dropout"]
     if cfg["model"]["skip"]:
         rows.append(("skip", ", ".join(cfg["model"]["skip"])))
     for slot, text in rows:
@@ -137,18 +146,21 @@ def render_description(doc: dict, console: Console) -> None:
     console.print(table)
     base = doc["variants"][0]
     differing = [v for v in doc["variants"][1:] if v["layers"] != base["layers"]]
-    shapes = Table(title=f"layer output shapes (C x H x W) at {base['input_size']} px, {base['geometry']} geometry", title_justify="left")
+    shapes = Table(title=f"layer output shapes (C x H x W) and parameters; baseline: {base['input_size']} px, {base['geometry']}",
+                   title_justify="left")
     shapes.add_column("layer")
     for v in [base] + differing:
         shapes.add_column(v["name"], justify="right")
+        shapes.add_column("params", justify="right")
     names = [layer["name"] for layer in base["layers"]]
     for v in differing:
         names += [layer["name"] for layer in v["layers"] if layer["name"] not in names]
     for name in names:
         row = [name]
         for v in [base] + differing:
-            shape = next((layer["shape"] for layer in v["layers"] if layer["name"] == name), None)
-            row.append("x".join(map(str, shape)) if shape else "-")
+            layer = next((layer for layer in v["layers"] if layer["name"] == name), None)
+            row.append("x".join(map(str, layer["shape"])) if layer else "-")
+            row.append(f"{layer['parameters']:,}" if layer and layer.get("parameters") else "")
         shapes.add_row(*row)
     console.print(shapes)
 
