@@ -130,8 +130,9 @@ def render_description(doc: dict, console: Console) -> None:
         ("train", f"{cfg['train']['epochs']} epochs, batch {cfg['train']['batch_size']}, {_component(cfg['train']['optimizer'])}, "
                   f"schedule {_component(cfg['train']['schedule'])}, seeds {cfg['train']['seeds']}"),
     ]
-    if slots is not None and "dropout" not in slots:
-        rows = [row for row in rows if row[0] != "dropout"]
+    if slots is not None:  # only the slots the architecture honours
+        rows = [row for row in rows if row[0] not in ("activation", "normalization", "pooling", "dropout", "init", "placement")
+                or row[0] in slots]
     if cfg["model"]["skip"]:
         rows.append(("skip", ", ".join(cfg["model"]["skip"])))
     for slot, text in rows:
