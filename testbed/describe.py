@@ -133,6 +133,9 @@ def render_description(doc: dict, console: Console) -> None:
     if slots is not None:  # only the slots the architecture honours
         rows = [row for row in rows if row[0] not in ("activation", "normalization", "pooling", "dropout", "init", "placement")
                 or row[0] in slots]
+    groups = {k: cfg["train"][k] for k in ("bias_lr_scale", "bias_weight_decay", "layer_weight_decay")}
+    if groups != {"bias_lr_scale": 1.0, "bias_weight_decay": None, "layer_weight_decay": {}}:
+        rows.append(("param groups", ", ".join(f"{k}={v}" for k, v in groups.items() if v not in (None, {}, 1.0))))
     if cfg["model"]["skip"]:
         rows.append(("skip", ", ".join(cfg["model"]["skip"])))
     for slot, text in rows:
