@@ -104,14 +104,8 @@ def _component(spec: dict) -> str:
     return f"{spec['name']}({params})" if params else spec["name"]
 
 
-def render_description(doc: dict, console: Console) -> None:
-    from testbed.report import changes_text, paper_text
-
-    base = doc["variants"][0]
-    cfg = base["config"]
-    setup = Table(title=f"{doc['experiment']}: the baseline ({doc['path']})", title_justify="left", show_header=False)
-    setup.add_column("slot", style="bold")
-    setup.add_column("component")
+def _setup_rows(base: dict, cfg: dict) -> list[tuple[str, str]]:
+    """(slot, text) rows of the baseline's setup table: only the slots its architecture honours."""
     slots = base.get("slots")  # None: every [model] key counts
     if slots is None:
         model_row = f"{base['geometry']} geometry, {base['input_size']} px input, width {cfg['model']['width']:g}"
@@ -138,6 +132,18 @@ def render_description(doc: dict, console: Console) -> None:
         rows.append(("param groups", ", ".join(f"{k}={v}" for k, v in groups.items() if v not in (None, {}, 1.0))))
     if cfg["model"]["skip"]:
         rows.append(("skip", ", ".join(cfg["model"]["skip"])))
+    return rows
+
+
+def render_description(doc: dict, console: Console) -> None:
+    from testbed.report import changes_text, paper_text
+
+    base = doc["variants"][0]
+    cfg = base["config"]
+    setup = Table(title=f"{doc['experiment']}: the baseline ({doc['path']})", title_justify="left", show_header=False)
+    setup.add_column("slot", style="bold")
+    setup.add_column("component")
+    rows = _setup_rows(base, cfg)
     for slot, text in rows:
         setup.add_row(slot, escape(text))
     console.print(setup)
