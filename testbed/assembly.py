@@ -39,10 +39,46 @@ def build_pipeline(variant: Variant, data, built: BuiltModel, registry, device) 
     return Pipeline(data, preprocess, train_augs, test_views, built.plan.input_size, device, memory_format(cfg["train"]))
 
 
+def optimizer_params(train_cfg: dict, built: BuiltModel) -> list:
+    """What the optimizer factory gets: the model's parameters, or, when ``train.bias_lr_scale``,
+    ``bias_weight_decay`` or ``layer_weight_decay`` ask for it, parameter groups (one per weight
+    layer's weights and one per its bias, the rest in a first group of their own) carrying
+    ``weight_decay`` where set and ``lr_scale`` (applied by ``make_optimizer``)."""
+    params = list(built.module.parameters())
+    per_layer, bias_wd, bias_scale = train_cfg["layer_weight_decay"], train_cfg["bias_weight_decay"], train_cfg["bias_lr_scale"]
+    if not per_layer and bias_wd is None and bias_scale == 1.0:
+        return params
+    layers = built.architecture.weight_layers(built.module)
+    names = {name for name, _ in layers}
+    for name in per_layer:
+        if name not in names:
+            raise BadInput(f"train.layer_weight_decay.{name}: no weight layer of that name; layers: {', '.join(dict.fromkeys(n for n, _ in layers))}")
+    groups, grouped = [], set()
+    for name, module in layers:
+        weight_group = {"params": [module.weight], "layer": name}
+        if name in per_layer:
+            weight_group["weight_decay"] = per_layer[name]
+        bias_group = {"params": [module.bias], "layer": name, "lr_scale": bias_scale}
+        if bias_wd is not None:
+            bias_group["weight_decay"] = bias_wd
+        groups += [weight_group, bias_group]
+        grouped |= {id(module.weight), id(module.bias)}
+    rest = [p for p in params if id(p) not in grouped]
+    return ([{"params": rest}] if rest else []) + groups
+
+
+def make_optimizer(train_cfg: dict, built: BuiltModel, registry):
+    optimizer = registry.create("optimizer", train_cfg["optimizer"], optimizer_params(train_cfg, built), key="train.optimizer")
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
+    return optimizer
+
+
 # (dotted key, registry kind) of every component slot in a resolved config
 COMPONENT_SLOTS = (
     ("data.dataset", "dataset"),
     ("data.preprocess", "preprocess"),
+    ("model.architecture", "architecture"),
     ("model.activation", "activation"),
     ("model.normalization", "normalization"),
     ("model.pooling", "pooling"),
@@ -88,7 +124,7 @@ def check_job(variant: Variant, data, registry, world: int = 1, device: torch.de
         raise BadInput(f"train.batch_size = {batch}: larger than the {pipeline.train_size} training images")
     if built.placement.distributed and batch % world:
         raise BadInput(f"train.batch_size = {batch}: must divide evenly over the {world} processes of this torchrun launch")
-    optimizer = registry.create("optimizer", cfg["train"]["optimizer"], built.module.parameters(), key="train.optimizer")
+    optimizer = make_optimizer(cfg["train"], built, registry)
     registry.create("schedule", cfg["train"]["schedule"], optimizer, cfg["train"]["epochs"], key="train.schedule")
 
 

@@ -47,7 +47,7 @@ from torch import nn
 
 from testbed.data import InMemoryData, StreamingData, augmentation_generator, center_crop, workers_needed
 from testbed.model import build_model
-from testbed.assembly import build_for_training, build_pipeline
+from testbed.assembly import build_for_training, build_pipeline, make_optimizer
 from testbed.seeding import seed_everything
 from testbed.train import train_step
 
@@ -262,7 +262,7 @@ class VariantBench:
         self.plan, model = built.plan, built.module
         self.device = built.placement.input_device(device)
         self.pipeline = build_pipeline(variant, data, built, registry, self.device)
-        self.optimizer = registry.create("optimizer", train_cfg["optimizer"], model.parameters(), key="train.optimizer")
+        self.optimizer = make_optimizer(train_cfg, built, registry)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.notes = []
         self.train_model = self._training_module(built, device, train_cfg["compile"])

@@ -36,6 +36,7 @@ def describe_variant(variant, registry, device: torch.device) -> dict:
         "name": variant.name,
         "changes": variant.changes,
         "components": {
+            "architecture": model["architecture"]["name"],
             "activation": model["activation"]["name"],
             "normalization": model["normalization"]["name"],
             "pooling": model["pooling"]["name"],
@@ -46,6 +47,7 @@ def describe_variant(variant, registry, device: torch.device) -> dict:
             "dataset": cfg["data"]["dataset"]["name"],
             "preprocess": cfg["data"]["preprocess"]["name"],
         },
+        "slots": registry.get("architecture", model["architecture"]["name"]).contract.get("slots"),
         "geometry": built.plan.geometry,
         "input_size": built.plan.input_size,
         "classes": classes,
@@ -102,17 +104,16 @@ def _component(spec: dict) -> str:
     return f"{spec['name']}({params})" if params else spec["name"]
 
 
-def render_description(doc: dict, console: Console) -> None:
-    from testbed.report import changes_text, paper_text
-
-    base = doc["variants"][0]
-    cfg = base["config"]
-    setup = Table(title=f"{doc['experiment']}: the baseline ({doc['path']})", title_justify="left", show_header=False)
-    setup.add_column("slot", style="bold")
-    setup.add_column("component")
+def _setup_rows(base: dict, cfg: dict) -> list[tuple[str, str]]:
+    """(slot, text) rows of the baseline's setup table: only the slots its architecture honours."""
+    slots = base.get("slots")  # None: every [model] key counts
+    if slots is None:
+        model_row = f"{base['geometry']} geometry, {base['input_size']} px input, width {cfg['model']['width']:g}"
+    else:
+        model_row = f"architecture {_component(cfg['model']['architecture'])}, {base['input_size']} px input"
     rows = [
         ("data", f"{_component(cfg['data']['dataset'])}, {base['classes']} classes, preprocess {_component(cfg['data']['preprocess'])}"),
-        ("model", f"{base['geometry']} geometry, {base['input_size']} px input, width {cfg['model']['width']:g}"),
+        ("model", model_row),
         ("activation", _component(cfg["model"]["activation"])),
         ("normalization", _component(cfg["model"]["normalization"])),
         ("pooling", _component(cfg["model"]["pooling"])),
@@ -123,8 +124,26 @@ def render_description(doc: dict, console: Console) -> None:
         ("train", f"{cfg['train']['epochs']} epochs, batch {cfg['train']['batch_size']}, {_component(cfg['train']['optimizer'])}, "
                   f"schedule {_component(cfg['train']['schedule'])}, seeds {cfg['train']['seeds']}"),
     ]
+    if slots is not None:  # only the slots the architecture honours
+        rows = [row for row in rows if row[0] not in ("activation", "normalization", "pooling", "dropout", "init", "placement")
+                or row[0] in slots]
+    groups = {k: cfg["train"][k] for k in ("bias_lr_scale", "bias_weight_decay", "layer_weight_decay")}
+    if groups != {"bias_lr_scale": 1.0, "bias_weight_decay": None, "layer_weight_decay": {}}:
+        rows.append(("param groups", ", ".join(f"{k}={v}" for k, v in groups.items() if v not in (None, {}, 1.0))))
     if cfg["model"]["skip"]:
         rows.append(("skip", ", ".join(cfg["model"]["skip"])))
+    return rows
+
+
+def render_description(doc: dict, console: Console) -> None:
+    from testbed.report import changes_text, paper_text
+
+    base = doc["variants"][0]
+    cfg = base["config"]
+    setup = Table(title=f"{doc['experiment']}: the baseline ({doc['path']})", title_justify="left", show_header=False)
+    setup.add_column("slot", style="bold")
+    setup.add_column("component")
+    rows = _setup_rows(base, cfg)
     for slot, text in rows:
         setup.add_row(slot, escape(text))
     console.print(setup)
@@ -137,18 +156,21 @@ def render_description(doc: dict, console: Console) -> None:
     console.print(table)
     base = doc["variants"][0]
     differing = [v for v in doc["variants"][1:] if v["layers"] != base["layers"]]
-    shapes = Table(title=f"layer output shapes (C x H x W) at {base['input_size']} px, {base['geometry']} geometry", title_justify="left")
+    shapes = Table(title=f"layer output shapes (C x H x W) and parameters; baseline: {base['input_size']} px, {base['geometry']}",
+                   title_justify="left")
     shapes.add_column("layer")
     for v in [base] + differing:
         shapes.add_column(v["name"], justify="right")
+        shapes.add_column("params", justify="right")
     names = [layer["name"] for layer in base["layers"]]
     for v in differing:
         names += [layer["name"] for layer in v["layers"] if layer["name"] not in names]
     for name in names:
         row = [name]
         for v in [base] + differing:
-            shape = next((layer["shape"] for layer in v["layers"] if layer["name"] == name), None)
-            row.append("x".join(map(str, shape)) if shape else "-")
+            layer = next((layer for layer in v["layers"] if layer["name"] == name), None)
+            row.append("x".join(map(str, layer["shape"])) if layer else "-")
+            row.append(f"{layer['parameters']:,}" if layer and layer.get("parameters") else "")
         shapes.add_row(*row)
     console.print(shapes)
 

@@ -25,6 +25,7 @@ from testbed.schema import (  # noqa: F401  (SCHEMA and MAX_INT: part of this mo
     TOP_LEVEL,
     VARIANT_KEYS,
     leaves,
+    fill_added_keys,
     resolve_config,
     resolve_track,
     set_dotted,
@@ -92,7 +93,7 @@ class Experiment:
     @classmethod
     def from_json(cls, doc: dict) -> "Experiment":
         variants = tuple(
-            Variant(v["name"], v["config"], v["changes"], v["paper"], v.get("description", ""), v.get("setting", "")) for v in doc["variants"]
+            Variant(v["name"], fill_added_keys(v["config"]), v["changes"], v["paper"], v.get("description", ""), v.get("setting", "")) for v in doc["variants"]
         )
         report = {**REPORT_DEFAULTS, **doc.get("report", {})}  # runs stored before [report] existed judge by the defaults
         return cls(doc["name"], doc["path"], variants, doc.get("description", ""), doc.get("overrides", {}), doc.get("compare", {}), report,

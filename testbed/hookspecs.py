@@ -33,6 +33,13 @@ def register_augmentations(register):
 
 
 @hookspec
+def register_architectures(register):
+    """Network architectures, chosen by ``model.architecture``. Factory: ``f(**params) -> Architecture``
+    (``testbed.model.Architecture``: ``build(request) -> nn.Module``); ``register`` may declare
+    ``slots``, ``placements`` and ``defaults``."""
+
+
+@hookspec
 def register_activations(register):
     """Activations. Factory: ``f(**params) -> nn.Module`` (elementwise)."""
 

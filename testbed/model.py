@@ -167,12 +167,17 @@ def feature_numel(features: nn.Module, plan: Plan) -> int:
     return out[0].numel()
 
 
+WEIGHT_LAYER_PREFIXES = ("conv", "fc", "local")
+
+
 def paper_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(paper layer name, module) for every conv and linear layer, towers included, in order."""
+    """(layer name, module) for every weight layer, towers included, in order: a module named
+    conv*, fc* or local* with its own ``weight`` and ``bias`` (Conv2d, Linear, a locally connected layer)."""
     out = []
     for path, module in model.named_modules():
         last = path.rsplit(".", 1)[-1]
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and (last.startswith("conv") or last.startswith("fc")):
+        own = dict(module.named_parameters(recurse=False))
+        if last.startswith(WEIGHT_LAYER_PREFIXES) and "weight" in own and "bias" in own:
             out.append((last, module))
     return out
 
@@ -214,24 +219,65 @@ class Placement:
         any training; `testbed show` does not check, since it may describe another machine's run)."""
 
 
+@dataclass(frozen=True)
+class NetRequest:
+    """What the core hands an architecture's ``build``: the resolved [model] table, the data's
+    shape, the slot factories and the placement (already created)."""
+
+    model_cfg: dict
+    classes: int
+    image_size: int
+    slots: Slots
+    placement: Placement
+
+
+@dataclass(frozen=True)
+class NetPlan:
+    """The least a built network tells the core: its name for `show` (``geometry``), the input
+    size the pipeline crops to, its input channels and towers. AlexNet's ``Plan`` has the same fields."""
+
+    geometry: str
+    input_size: int
+    in_channels: int = 3
+    towers: int = 1
+
+
+class Architecture:
+    """What an architecture plugin's factory returns. ``build`` returns the canonical one-device
+    module, which carries a ``plan`` (``NetPlan`` or AlexNet's ``Plan``: ``geometry``,
+    ``input_size``, ``in_channels``, ``towers``) and may name the layers `testbed show` prints in
+    ``shown_layers``. ``towers``: the tower counts the network can be built with (a placement
+    asking for another is refused). ``weight_layers``: the ``(name, module)`` pairs the init rule
+    and the per-layer optimizer settings see (default: ``paper_layers``)."""
+
+    towers: tuple[int, ...] = (1,)
+
+    def build(self, request: NetRequest) -> nn.Module:  # pragma: no cover - every architecture overrides it
+        raise NotImplementedError
+
+    def weight_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        return paper_layers(model)
+
+
 @dataclass
 class BuiltModel:
     module: nn.Module  # the placed model, ready for training
     placement: Placement
-    plan: Plan
+    plan: Plan | NetPlan
+    architecture: Architecture | None = None
 
 
 def build_model(model_cfg: dict, classes: int, image_size: int, registry, device="cpu") -> BuiltModel:
     """Build, initialise and place a model from a validated [model] table.
 
     ``device=None`` skips placement and returns the canonical model (shapes, counts, checks)."""
+    arch_component, arch_params = registry.resolve("architecture", model_cfg["architecture"], "model.architecture")
+    architecture: Architecture = arch_component.create((), arch_params, "model.architecture")
     placement_component, placement_params = registry.resolve("placement", model_cfg["placement"], "model.placement")
     placement: Placement = placement_component.create((), placement_params, "model.placement")
-    geometry = model_cfg["geometry"]
-    if geometry == "auto":
-        geometry = geometry_for(image_size)
-    plan = Plan.create(geometry, model_cfg["width"], classes, tuple(model_cfg["skip"]))
-    plan = placement.adapt_plan(plan)
+    if placement.towers not in architecture.towers:
+        raise BadInput(f"model.placement = {placement_component.name!r}: it asks for {placement.towers} towers; architecture "
+                       f"'{arch_component.name}' is built with {' or '.join(map(str, architecture.towers))}")
 
     resolved = {"placement": (placement_component, placement_params)}
     for slot in ("activation", "normalization", "pooling", "init"):
@@ -242,26 +288,44 @@ def build_model(model_cfg: dict, classes: int, image_size: int, registry, device
         return lambda *context: component.create(context, params, f"model.{slot}")
 
     slots = Slots(factory("activation"), factory("normalization"), factory("pooling"), model_cfg["dropout"])
-    model = AlexNet(plan, slots)
+    try:
+        model = architecture.build(NetRequest(model_cfg, classes, image_size, slots, placement))
+    except ValueError as exc:
+        raise BadInput(f"model.architecture = {arch_component.name!r}: {exc}") from None
     init_component, init_params = resolved["init"]
-    init_component.create((), init_params, "model.init")(paper_layers(model))
+    init_component.create((), init_params, "model.init")(architecture.weight_layers(model))
     placed = model if device is None else placement.place(model, torch.device(device))
-    return BuiltModel(placed, placement, plan)
+    return BuiltModel(placed, placement, model.plan, architecture)
+
+
+def build_alexnet(request: NetRequest) -> AlexNet:
+    """The paper's AlexNet from a request: the plan from the geometry, width and skipped layers,
+    adapted by the placement (towers, the one-GPU net's widths)."""
+    cfg = request.model_cfg
+    geometry = cfg["geometry"]
+    if geometry == "auto":
+        geometry = geometry_for(request.image_size)
+    plan = Plan.create(geometry, cfg["width"], request.classes, tuple(cfg["skip"]))
+    return AlexNet(request.placement.adapt_plan(plan), request.slots)
 
 
 def geometry_for(image_size: int) -> str:
     return "cifar" if image_size <= 64 else "imagenet"
 
 
-def layer_shapes(model: AlexNet) -> list[dict]:
-    """Output shape of conv1..conv5, pool1/2/5, fc6..fc8 for one image (a shape-only pass)."""
+def layer_shapes(model: nn.Module) -> list[dict]:
+    """Output shape (one image) and parameter count of each layer the model names in
+    ``shown_layers`` (AlexNet: conv1..conv5, pool1/2/5, fc6..fc8), by a shape-only pass."""
+    order = getattr(model, "shown_layers", LAYER_ORDER)
     probe = copy.deepcopy(model).to("meta").eval()
     shapes: dict[str, list[int]] = {}
+    counts: dict[str, int] = {}
     for path, module in probe.named_modules():
         name = path.rsplit(".", 1)[-1]
-        if name in LAYER_ORDER:
+        if name in order:
             module.register_forward_hook(lambda _m, _i, out, name=name: shapes.__setitem__(name, list(out.shape[1:])))
+            counts[name] = counts.get(name, 0) + parameter_count(module)
     plan = model.plan
     with torch.no_grad():
         probe(torch.empty(1, plan.in_channels, plan.input_size, plan.input_size, device="meta"))
-    return [{"name": n, "shape": shapes[n]} for n in LAYER_ORDER if n in shapes]
+    return [{"name": n, "shape": shapes[n], "parameters": counts[n]} for n in order if n in shapes]

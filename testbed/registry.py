@@ -23,6 +23,7 @@ KINDS = (
     "dataset",
     "preprocess",
     "augmentation",
+    "architecture",
     "activation",
     "normalization",
     "pooling",
@@ -316,6 +317,12 @@ class Registry:
 CONTRACTS: dict[str, dict[str, tuple[Any, str]]] = {
     "augmentation": {
         "role": (("train", "test"), "'train': goes in augment.train; 'test': test-time views for augment.test"),
+    },
+    "architecture": {
+        "slots": (tuple, "the [model] keys besides architecture that it honours (e.g. ('activation', 'init')); any other "
+                         "[model] key in an experiment is refused"),
+        "placements": (tuple, "the placements it can be built under (default: every placement)"),
+        "defaults": (dict, "[model] values used where the experiment leaves a key out (e.g. {'init': 'cuda-convnet'})"),
     },
     "dataset": {
         "image_size": (int, "the dataset's own image size, so `testbed show` need not load the data"),

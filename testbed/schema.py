@@ -182,6 +182,19 @@ class Seeds(Key):
         raise self.bad(value, key, where, "expected a seed count (e.g. 3) or a list of seeds (e.g. [0, 1, 2])")
 
 
+@dataclass(frozen=True)
+class NumberTable(Key):
+    """A table of names to non-negative numbers (e.g. layer name -> weight decay)."""
+
+    def validate(self, value, key, registry, where):
+        if not isinstance(value, dict):
+            raise self.bad(value, key, where, "expected a table of layer names to numbers, e.g. { conv1 = 0.0, fc10 = 0.01 }")
+        for name, number in value.items():
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or number != number or number < 0:
+                raise self.bad(number, f"{key}.{name}", where, "expected a number >= 0")
+        return {name: float(number) for name, number in value.items()}
+
+
 # ---------------------------------------------------------------------------- the schema
 
 
@@ -197,6 +210,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "preprocess": Component("mean", "input preprocessing", kind="preprocess"),
     },
     "model": {
+        "architecture": Component("alexnet", "the network: alexnet (default), or another registered architecture", kind="architecture"),
         "geometry": Choice("auto", "auto: cifar for <= 64 px", choices=("auto", "imagenet", "cifar")),
         "width": Float(1.0, 1 / 64, 16, help="multiplier on every conv and FC width"),
         "activation": Component("relu", kind="activation"),
@@ -226,6 +240,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "memory_format": Choice("auto", "auto: channels-last, faster on CPUs and GPUs alike where measured",
                                 choices=("auto", "channels-last", "contiguous")),
         "eval_batch_size": Int(128, 1, 2**20, help="images per forward pass when evaluating (each test view separately)"),
+        "bias_lr_scale": Float(1.0, 0.0, 1000.0, help="biases learn at this multiple of the learning rate (cuda-convnet: 2)"),
+        "bias_weight_decay": Float(None, 0.0, 1.0, help="weight decay of the biases (default: the optimizer's; cuda-convnet: 0)",
+                                   optional=True),
+        "layer_weight_decay": NumberTable({}, "weight decay per weight layer, e.g. { local3 = 0.004 } (the rest: the optimizer's)"),
     },
 }
 # [track]: where the run's numbers go besides the store; one table per run (variants cannot change it)
@@ -251,16 +269,57 @@ def resolve_track(table: Any, registry: Registry) -> list[dict]:
 
 
 def resolve_config(raw: dict, registry: Registry, where: str) -> dict:
-    """Every key checked and defaulted; components resolved to {"name", **all params}."""
+    """Every key checked and defaulted; components resolved to {"name", **all params}. In
+    [model], the architecture's declared defaults stand in for the schema's where a key is left
+    out, and a key it does not honour is refused."""
     out: dict[str, dict] = {}
     for section, keys in SCHEMA.items():
         given = raw.get(section, {})
         for key in given:
             if key not in keys:
                 raise BadInput(f"{where}{section}.{key}: unknown key{did_you_mean(key, keys)}; valid keys in [{section}]: {', '.join(keys)}")
-        out[section] = {key: spec.check(given.get(key, copy.deepcopy(spec.default)), f"{section}.{key}", registry, where)
+        defaults = architecture_defaults(given, registry, where) if section == "model" else {}
+        out[section] = {key: spec.check(given.get(key, copy.deepcopy(defaults.get(key, spec.default))), f"{section}.{key}", registry, where)
                         for key, spec in keys.items()}
+    check_placement(out["model"], registry, where)
     return out
+
+
+def _architecture(given_model: dict, registry: Registry, where: str):
+    spec = given_model.get("architecture", SCHEMA["model"]["architecture"].default)
+    return registry.resolve("architecture", spec, f"{where}model.architecture")[0]
+
+
+def architecture_defaults(given_model: dict, registry: Registry, where: str) -> dict:
+    """The chosen architecture's [model] defaults; BadInput for a given key it has no slot for."""
+    component = _architecture(given_model, registry, where)
+    slots = component.contract.get("slots")
+    if slots is not None:
+        for key, value in given_model.items():
+            if key != "architecture" and key not in slots:
+                raise BadInput(f"{where}model.{key} = {short(value)}: architecture '{component.name}' has no {key} slot; "
+                               f"it honours: {', '.join(slots) or 'none'}")
+    return component.contract.get("defaults", {})
+
+
+def check_placement(model: dict, registry: Registry, where: str) -> None:
+    component = registry.get("architecture", model["architecture"]["name"])
+    allowed = component.contract.get("placements")
+    name = model["placement"]["name"]
+    if allowed is not None and name not in allowed:
+        raise BadInput(f"{where}model.placement = {name!r}: architecture '{component.name}' cannot be built under it; "
+                       f"placements: {', '.join(allowed)}")
+
+
+#: Keys added after runs were stored: what a stored config without them meant (``Experiment.from_json``).
+ADDED_KEYS = {("model", "architecture"): {"name": "alexnet"}, ("train", "bias_lr_scale"): 1.0,
+              ("train", "bias_weight_decay"): None, ("train", "layer_weight_decay"): {}}
+
+
+def fill_added_keys(config: dict) -> dict:
+    for (section, key), value in ADDED_KEYS.items():
+        config.setdefault(section, {}).setdefault(key, copy.deepcopy(value))
+    return config
 
 
 # ---------------------------------------------------------------------------- merge rules

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from testbed import checkpoint
-from testbed.assembly import autocast, build_for_training, build_pipeline
+from testbed.assembly import autocast, build_for_training, build_pipeline, make_optimizer
 from testbed.data import augmentation_generator
 from testbed.distributed import Dist
 from testbed.errors import BadInput
@@ -151,7 +151,7 @@ class Job:
         self.devices = {p.device for p in self.model.parameters()} | {self.input_device}  # whose RNG a checkpoint keeps
         self.pipeline = build_pipeline(ctx.variant, ctx.data, self.built, ctx.registry, self.input_device)
         self.parameters = parameter_count(self.model)
-        self.optimizer = ctx.registry.create("optimizer", train_cfg["optimizer"], self.model.parameters(), key="train.optimizer")
+        self.optimizer = make_optimizer(train_cfg, self.built, ctx.registry)
         self.schedule = ctx.registry.create("schedule", train_cfg["schedule"], self.optimizer, train_cfg["epochs"], key="train.schedule")
         self.precision = train_cfg["precision"]
         self.scaler = torch.amp.GradScaler(ctx.device.type) if self.precision == "fp16" else None

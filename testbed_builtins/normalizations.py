@@ -193,6 +193,45 @@ def lrn(
     return LocalResponseNorm(size, alpha, beta, k, alpha_convention)
 
 
+class ResponseNormSameMap(nn.Module):
+    """cuda-convnet's ``rnorm``: each map normalized over a size x size neighbourhood of itself,
+
+        b[c, y, x] = a[c, y, x] / (k + scale * sum_{|dy|, |dx| <= size//2} a[c, y+dy, x+dx]^2) ** beta
+
+    the window clipped at the border; scale = alpha / size^2 (``divided-by-n``, what
+    cuda-convnet does with its configured scale) or alpha (``per-term``)."""
+
+    def __init__(self, size, alpha, beta, k, alpha_convention):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k, self.alpha_convention = size, alpha, beta, k, alpha_convention
+
+    def forward(self, x):
+        a = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        # the mean over the zero-padded window times size^2 is the sum over the window's pixels inside the map
+        mean_sq = torch.nn.functional.avg_pool2d(a * a, self.size, stride=1, padding=self.size // 2, count_include_pad=True)
+        scale = self.alpha if self.alpha_convention == "divided-by-n" else self.alpha * self.size * self.size
+        return (a * (mean_sq * scale + self.k).pow(-self.beta)).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, alpha_convention={self.alpha_convention}"
+
+
+def rnorm(
+    channels: int,
+    *,
+    size: int = 3,
+    alpha: float = 5e-5,
+    beta: float = 0.75,
+    k: float = 1.0,
+    alpha_convention: Literal["divided-by-n", "per-term"] = "divided-by-n",
+):
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"size must be a positive odd number (a window centred on each pixel), got {size}")
+    if alpha < 0 or beta < 0 or k <= 0:
+        raise ValueError("alpha and beta must be >= 0 and k > 0")
+    return ResponseNormSameMap(size, alpha, beta, k, alpha_convention)
+
+
 def none(channels: int):
     return nn.Identity()
 
@@ -206,5 +245,6 @@ def batchnorm(channels: int, *, momentum: float = 0.1, eps: float = 1e-5):
 @hookimpl
 def register_normalizations(register):
     register("lrn", lrn, "local response normalization across channels (section 3.3); alpha_convention explicit")
+    register("rnorm", rnorm, "same-map response normalization over a size x size window (cuda-convnet rnorm; alpha / size^2)")
     register("none", none, "no normalization")
     register("batchnorm", batchnorm, "batch normalization (Ioffe & Szegedy 2015): the modern comparison")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pluggy
 import pytest
+import torch
 
 from testbed import hookimpl, hookspecs, plugins
 from testbed.errors import BadInput
@@ -36,6 +37,7 @@ EXAMPLE_COMPONENTS = {
     "normalization": ("groupnorm",),
     "augmentation": ("cutout",),
     "dataset": ("gratings",),
+    "architecture": ("tiny-cnn",),
 }
 
 
@@ -404,3 +406,34 @@ def test_an_excerpt_that_drifted_from_its_file_is_caught():
     for drifted in ("def swish(*, beta=2.0):\n    ...", "def swish(*, gamma=1.0):\n    ...", "def swash():\n    ...", "import numpy"):
         with pytest.raises(AssertionError):
             check_excerpt("# src/testbed_example_plugins/activations.py\n" + drifted + "\n", source)
+
+
+def test_the_example_architecture_trains_and_refuses_what_it_lacks(register_plugin, monkeypatch):
+    """docs/writing-plugins.md's architecture example: built from an experiment, it learns a few
+    steps of synthetic data, and a slot it does not honour is bad input naming the key."""
+    import torch.nn.functional as F
+
+    from testbed.errors import BadInput
+    from testbed.experiment import build_experiment
+    from testbed.model import build_model, layer_shapes
+
+    registry = register_plugin(import_example(monkeypatch), EXAMPLE_ENTRY_POINT)
+    cfg = build_experiment({"model": {"architecture": {"name": "tiny-cnn", "width": 8}, "activation": "swish"}}, registry).baseline.config
+    assert cfg["model"]["init"]["name"] == "kaiming"  # the architecture's default
+    torch.manual_seed(0)
+    net = build_model(cfg["model"], 2, 16, registry, "cpu").module
+    assert [layer["name"] for layer in layer_shapes(net)] == ["conv1", "pool1", "conv2", "fc3"]
+    y = torch.arange(64) % 2
+    x = torch.randn(64, 3, 16, 16)
+    x[:, 0] += (2 * y - 1).float().view(-1, 1, 1)  # learnable: class 1 has a brighter red channel
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for _ in range(30):
+        loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    with pytest.raises(BadInput, match="model.normalization"):
+        build_experiment({"model": {"architecture": "tiny-cnn", "normalization": "lrn"}}, registry)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from testbed import hookimpl
 
 from testbed_example_plugins.activations import mish, swish
+from testbed_example_plugins.architectures import TINY_DEFAULTS, TINY_SLOTS, tiny_cnn
 from testbed_example_plugins.augmentations import cutout
 from testbed_example_plugins.datasets import CLASSES, IMAGE_SIZE, gratings
 from testbed_example_plugins.normalizations import groupnorm
@@ -21,6 +22,14 @@ __version__ = "0.1.0"
 def register_activations(register):
     register("swish", swish, "x * sigmoid(beta * x) (Ramachandran et al. 2017); beta = 1 is SiLU")
     register("mish", mish, "x * tanh(softplus(x)) (Misra 2019)")
+
+
+@hookimpl
+def register_architectures(register):
+    # slots: the [model] keys it honours (others are refused); placements: those it can be built
+    # under; defaults: its values for [model] keys the experiment leaves out
+    register("tiny-cnn", tiny_cnn, "two 3x3 convs, global average pooling, one linear layer", slots=TINY_SLOTS,
+             placements=("single",), defaults=TINY_DEFAULTS)
 
 
 @hookimpl
