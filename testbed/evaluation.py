@@ -43,11 +43,13 @@ class EvaluationStopped(Exception):
 
 
 def evaluate(model, pipeline: Pipeline, batch_size: int, precision: str, dist: Dist, views: bool = True, probe: bool = False,
-             stop=None):
+             stop=None, keep: list | None = None):
     """(top-1 error, top-5 error, saturation) on the held-out set, softmax averaged over the test
     views (``views=False``: the centre patch only). With ``probe``, the saturation statistics of
     the first batch (see SaturationProbe), else {}. ``stop``: a StopFlag looked at before every
-    batch (EvaluationStopped when set), so that a stop request does not wait for a long test."""
+    batch (EvaluationStopped when set), so that a stop request does not wait for a long test.
+    ``keep``: a list that gets (probabilities, labels) of every batch, on the CPU (the ensembles'
+    per-image outputs, testbed/analyses.py)."""
     model.eval()
     wrong1 = wrong5 = seen = 0
     saturation = SaturationProbe(model) if probe else None
@@ -65,6 +67,8 @@ def evaluate(model, pipeline: Pipeline, batch_size: int, precision: str, dist: D
                 for view in views[1:]:
                     probs += model(view.contiguous(memory_format=fmt)).float().softmax(-1)
                 probs /= views.shape[0]
+                if keep is not None:
+                    keep.append((probs.cpu(), labels.cpu()))
                 k = min(5, probs.shape[-1])
                 top = probs.topk(k, dim=-1).indices
                 hit1 = top[:, 0] == labels
