@@ -14,6 +14,7 @@ Figure 4 (nearest neighbours in fc7 space) is in testbed/neighbours.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -38,23 +39,34 @@ def outputs_path(checkpoint: Path) -> Path:
     return Path(checkpoint).with_suffix(OUTPUTS_SUFFIX)
 
 
-def save_outputs(path: Path, probabilities: torch.Tensor, labels: torch.Tensor, views: str) -> None:
+def image_keys(images: torch.Tensor) -> np.ndarray:
+    """A 64-bit fingerprint of each uint8 image [N, 3, S, S]: seeds evaluated on different test
+    subsets (train.seed_varies with subset) are ensembled over the images they share."""
+    flat = images.reshape(len(images), -1).numpy()
+    return np.array([int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little", signed=True) for row in flat],
+                    dtype=np.int64)
+
+
+def save_outputs(path: Path, probabilities: torch.Tensor, labels: torch.Tensor, views: str, keys: np.ndarray | None = None) -> None:
     """The final evaluation's softmax (averaged over the test views) per test image, as float16
-    (10 classes x 10,000 images: 200 kB), written atomically like a checkpoint."""
+    (10 classes x 10,000 images: 200 kB), its labels and image keys (None: the position in the
+    test set), written atomically like a checkpoint."""
     path = Path(path)
+    keys = np.arange(len(labels), dtype=np.int64) if keys is None else keys
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         np.savez(f, probabilities=probabilities.detach().float().cpu().numpy().astype(np.float16),
-                 labels=labels.detach().cpu().numpy().astype(np.int32), views=np.array(views))
+                 labels=labels.detach().cpu().numpy().astype(np.int32), keys=keys, views=np.array(views))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def load_outputs(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+def load_outputs(path: Path) -> dict:
     with np.load(path) as f:
-        return f["probabilities"].astype(np.float32), f["labels"].astype(np.int64), str(f["views"])
+        return {"probabilities": f["probabilities"].astype(np.float32), "labels": f["labels"].astype(np.int64),
+                "keys": f["keys"], "views": str(f["views"])}
 
 
 def topk_errors(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -65,17 +77,25 @@ def topk_errors(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, f
     return float(np.mean(top[:, 0] != labels)), float(np.mean(~(top == labels[:, None]).any(1)))
 
 
-def ensemble(outputs: list[tuple[np.ndarray, np.ndarray, str]]) -> dict | None:
-    """The seeds' softmax averaged per image, and its errors beside the mean single-net error.
-    None when fewer than two seeds kept outputs or they were not evaluated on the same images."""
+def ensemble(outputs: list[dict]) -> dict | None:
+    """The seeds' softmax averaged per image over the test images every seed was evaluated on,
+    and its errors beside the mean single-net error on those images. None with fewer than two
+    seeds, or no image in common."""
     if len(outputs) < 2:
         return None
-    labels = outputs[0][1]
-    if any(o[0].shape != outputs[0][0].shape or not np.array_equal(o[1], labels) for o in outputs):
+    common = set(outputs[0]["keys"].tolist()).intersection(*(o["keys"].tolist() for o in outputs[1:]))
+    if not common:
         return None
-    singles = [topk_errors(p, labels) for p, _, _ in outputs]
-    top1, top5 = topk_errors(np.mean([p for p, _, _ in outputs], axis=0), labels)
-    return {"images": len(labels), "views": outputs[0][2], "top1_error": top1, "top5_error": top5,
+    order = np.array(sorted(common), dtype=np.int64)
+    aligned = []
+    for o in outputs:
+        first = {key: i for i, key in reversed(list(enumerate(o["keys"].tolist())))}  # a repeated image: its first row
+        rows = np.array([first[key] for key in order.tolist()])
+        aligned.append((o["probabilities"][rows], o["labels"][rows]))
+    labels = aligned[0][1]
+    singles = [topk_errors(p, y) for p, y in aligned]
+    top1, top5 = topk_errors(np.mean([p for p, _ in aligned], axis=0), labels)
+    return {"images": len(labels), "views": outputs[0]["views"], "top1_error": top1, "top5_error": top5,
             "single_top1_error": statistics.fmean(s[0] for s in singles), "single_top5_error": statistics.fmean(s[1] for s in singles)}
 
 
@@ -268,6 +288,24 @@ def suggestion(config: dict) -> str:
     if not changes:
         return "try a smaller train.optimizer lr, or a different schedule"
     return "try " + " with ".join(changes) + " (the paper's N(0, 0.01) init with raw-scale inputs does not train at this size)"
+
+
+# Measured (docs: /work/notes/readme-analyses.md, tests/test_analyses.py): the paper's defaults,
+# N(0, 0.01) weights ("paper" init) on inputs in the 0-255 scale ("mean" or "none" preprocessing),
+# stay at chance on 32 px data at these widths, on CIFAR-10 and on generated data.
+UNTRAINABLE = {"geometry": "cifar", "init": ("paper",), "preprocess": ("mean", "none"), "max_width": 0.5}
+
+
+def known_not_to_train(config: dict, geometry: str) -> str | None:
+    """A warning for a variant whose geometry, width, init and preprocessing were measured to stay
+    at chance (UNTRAINABLE); None otherwise."""
+    model, rule = config["model"], UNTRAINABLE
+    if (geometry != rule["geometry"] or model["width"] > rule["max_width"] or model["init"]["name"] not in rule["init"]
+            or config["data"]["preprocess"]["name"] not in rule["preprocess"]):
+        return None
+    return (f"model.init = {model['init']['name']!r} with data.preprocess = {config['data']['preprocess']['name']!r} at the "
+            f"{geometry} geometry and width {model['width']:g} is known not to train (it stays at chance); "
+            'set model.init = "kaiming" and data.preprocess = "standardize", as experiments/smoke.toml does')
 
 
 def chance_problems(variant, jobs: list[dict], epochs: list[dict]) -> list[dict]:

@@ -317,8 +317,10 @@ class Job:
         if divisors:  # LRN's effective strength, on the same first held-out batch
             record["lrn_divisor"] = divisors
         if outputs:
+            test_images = getattr(self.ctx.data, "test_images", None)  # in memory: keyed by content, else by position
             analyses.save_outputs(analyses.outputs_path(self.ctx.checkpoint), torch.cat([p for p, _ in outputs]),
-                                  torch.cat([y for _, y in outputs]), record["test_views"])
+                                  torch.cat([y for _, y in outputs]), record["test_views"],
+                                  analyses.image_keys(test_images) if test_images is not None else None)
         self.history.append(record)
         self.schedule.step({"test_top1": top1, "test_top5": top5, "train_error": train_error, "train_loss": record["train_loss"]})
         self.sums, self.start_step, self.generator = EpochSums(), 0, None
