@@ -14,6 +14,7 @@ Figure 4 (nearest neighbours in fc7 space) is in testbed/neighbours.py.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -83,14 +84,13 @@ def ensemble(outputs: list[dict]) -> dict | None:
     seeds, or no image in common."""
     if len(outputs) < 2:
         return None
-    common = set(outputs[0]["keys"].tolist()).intersection(*(o["keys"].tolist() for o in outputs[1:]))
-    if not common:
+    firsts = [np.unique(o["keys"], return_index=True) for o in outputs]  # sorted keys, a repeated image's first row
+    common = functools.reduce(np.intersect1d, (keys for keys, _ in firsts))
+    if not len(common):
         return None
-    order = np.array(sorted(common), dtype=np.int64)
     aligned = []
-    for o in outputs:
-        first = {key: i for i, key in reversed(list(enumerate(o["keys"].tolist())))}  # a repeated image: its first row
-        rows = np.array([first[key] for key in order.tolist()])
+    for o, (keys, first) in zip(outputs, firsts):
+        rows = first[np.searchsorted(keys, common)]
         aligned.append((o["probabilities"][rows], o["labels"][rows]))
     labels = aligned[0][1]
     singles = [topk_errors(p, y) for p, y in aligned]
