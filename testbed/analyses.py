@@ -245,7 +245,7 @@ def measure_divisors(model: torch.nn.Module, pipeline, batch_size: int, precisio
 
 AT_CHANCE_FACTOR = 1.2  # training accuracy at most 1.2 x chance (1 / classes): 12% for 10 classes
 AT_CHANCE_AFTER = 2  # judged from the 2nd epoch on: one epoch is too early to call
-SATURATED = 0.9  # an activation layer with this fraction of outputs in its flat part is named
+SATURATED = 0.8  # an activation layer with this fraction of outputs in its flat part is named (ReLU: half is normal)
 
 
 def at_chance(train_error: float, classes: int) -> bool:
@@ -269,7 +269,7 @@ def diagnosis(rows: list[dict]) -> str:
     first, last = rows[0].get("saturation") or {}, rows[-1].get("saturation") or {}
     if not last:
         return "no saturation statistics (the activation does not define them)"
-    dead = [name for name, f in last.items() if f >= SATURATED]
+    dead = sorted((name for name, f in last.items() if f >= SATURATED), key=last.get, reverse=True)
     if not dead:
         worst = max(last, key=last.get)
         return f"no activation layer saturated (the most: {worst} {100 * last[worst]:.0f}% in the flat part at epoch {rows[-1]['epoch']})"

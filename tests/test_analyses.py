@@ -17,11 +17,13 @@ from testbed import analyses
 from testbed.model import build_model, paper_layers
 from testbed.neighbours import nearest
 
+SLOW = 1800  # seconds: a bound for a busy shared machine (a few seconds each when idle)
+
 TRAINS = """
 name = "trains"
 [data]
 dataset = "synthetic"
-train_size = 384
+train_size = 512
 test_size = 100
 preprocess = "standardize"
 [model]
@@ -32,7 +34,7 @@ init = "kaiming"
 train = ["hflip"]
 test = "center"
 [train]
-epochs = 2
+epochs = 3
 batch_size = 32
 optimizer = { name = "sgd", lr = 0.01, momentum = 0.9 }
 schedule = "constant"
@@ -57,7 +59,7 @@ epochs = 2
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trains")
     (root / "trains.toml").write_text(TRAINS)
-    proc = run_testbed("run", root / "trains.toml", "--out", root / "run", "--json", "-q")
+    proc = run_testbed("run", root / "trains.toml", "--out", root / "run", "--json", "-q", timeout=SLOW)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return root / "run", json.loads(proc.stdout)
 
@@ -105,7 +107,7 @@ def test_ensemble_aligns_seeds_by_image_over_the_images_they_share():
 def test_a_run_that_trains_is_not_flagged_and_reports_the_analyses(trained):
     run_dir, doc = trained
     entry = doc["variants"][0]
-    assert entry["metrics"]["train_error"]["values"][-1] < 0.8  # it learned something
+    assert max(entry["metrics"]["train_error"]["values"]) < 0.85  # it learned something (chance: 0.9)
     assert not entry["at_chance"] and not entry["problems"]
     towers = entry["conv1_colourfulness"]["towers"]
     assert len(towers) == 2 and all(0 < t["mean"] < 1 for t in towers)  # grouped: two towers
@@ -119,7 +121,7 @@ def test_a_default_experiment_on_generated_data_is_flagged_at_chance_with_a_sugg
     shown = run_testbed("show", tmp_path / "defaults.toml")
     assert shown.returncode == 0 and "known not to train" in shown.stderr
     proc = run_testbed("run", tmp_path / "defaults.toml", "--out", tmp_path / "run", "--json", "-q",
-                       "--set", "train.stop_at_chance=2", "--set", "train.epochs=4")
+                       "--set", "train.stop_at_chance=2", "--set", "train.epochs=4", timeout=SLOW)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "known not to train" in proc.stderr
     entry = json.loads(proc.stdout)["variants"][0]
@@ -170,7 +172,7 @@ def test_fc7_neighbours_share_the_query_class_and_find_a_planted_copy(trained, r
     bank = fc7_features(built.module, pipeline, data.train_images)
     _, idx = nearest(fc7_features(built.module, pipeline, copy), bank, k=1)
     assert idx.item() == 77
-    drawn = run_testbed("report", run_dir, "--plots", "--neighbours", "baseline")
+    drawn = run_testbed("report", run_dir, "--plots", "--neighbours", "baseline", timeout=SLOW)
     assert drawn.returncode == 0, drawn.stderr[-1500:]
     assert (run_dir / "plots" / "neighbours-baseline.png").stat().st_size > 10_000
 
