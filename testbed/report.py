@@ -377,8 +377,8 @@ def render_divisors(doc: dict, console: Console) -> None:
     for col in ("variant", "layer", "epoch", "k^β", "p1", "median", "p99", "max", "mean / k^β − 1", "cv (sd / mean)"):
         table.add_column(col, justify="left" if col in ("variant", "layer") else "right")
     for name, layer, s in rows:
-        table.add_row(name, layer, str(s["epoch"]), *(f"{s[k]:.4g}" for k in ("resting", "p01", "median", "p99", "max")),
-                      f"{100 * s['mean_excess']:+.2f}%", f"{s['cv']:.2g}")
+        table.add_row(name, layer, str(s["epoch"]), *(f"{s[k]:.6g}" for k in ("resting", "p01", "median", "p99", "max")),
+                      f"{100 * s['mean_excess']:+.2g}%", f"{s['cv']:.2g}")
     console.print(table)
     console.print("[dim]A divisor that hardly varies (cv near 0, mean near k^β) makes LRN a fixed rescaling by 1/k^β: "
                   "it then normalizes nothing. Per epoch in --json of the store's epochs (lrn_divisor); mean over seeds here.[/dim]")
