@@ -23,7 +23,8 @@ def nearest(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk: int = 1638
     best_i = torch.zeros((len(queries), 0), dtype=torch.long)
     for start in range(0, len(bank), chunk):
         part = bank[start : start + chunk].float()
-        d2 = (q2 - 2 * queries @ part.T + part.square().sum(1)).clamp_min_(0)
+        b2 = torch.linalg.vector_norm(part, dim=1).square_()  # no chunk-sized temporary, unlike part.square()
+        d2 = (queries @ part.T).mul_(-2).add_(q2).add_(b2).clamp_min_(0)
         d, i = d2.topk(min(k, len(part)), dim=1, largest=False)
         best_d, order = torch.cat([best_d, d], 1).topk(k, dim=1, largest=False)
         best_i = torch.cat([best_i, i + start], 1).gather(1, order)

@@ -61,11 +61,13 @@ def trained(tmp_path_factory):
     (root / "trains.toml").write_text(TRAINS)
     proc = run_testbed("run", root / "trains.toml", "--out", root / "run", "--json", "-q", timeout=SLOW)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return root / "run", json.loads(proc.stdout)
+    report = run_testbed("report", root / "run", timeout=SLOW)
+    assert report.returncode == 0, report.stderr[-2000:]
+    return root / "run", json.loads(proc.stdout), report.stdout
 
 
 def test_ensemble_is_the_average_of_the_stored_per_seed_outputs(trained):
-    run_dir, doc = trained
+    run_dir, doc, table = trained
     entry = doc["variants"][0]
     probs, labels = [], None
     for seed in (0, 1):
@@ -85,8 +87,7 @@ def test_ensemble_is_the_average_of_the_stored_per_seed_outputs(trained):
     assert entry["ensemble"]["seeds"] == [0, 1] and entry["ensemble"]["images"] == 100
     row = sqlite3.connect(run_dir / "results.sqlite").execute("SELECT top1_error, top5_error FROM ensembles").fetchone()
     assert row == pytest.approx((top1, top5))
-    report = run_testbed("report", run_dir)
-    assert report.returncode == 0 and "ensemble top-1/5" in report.stdout and f"{100 * top1:.1f} / {100 * top5:.1f} (2)" in report.stdout
+    assert "ensemble top-1/5" in table and f"{100 * top1:.1f} / {100 * top5:.1f} (2)" in table
 
 
 def test_ensemble_aligns_seeds_by_image_over_the_images_they_share():
@@ -105,15 +106,14 @@ def test_ensemble_aligns_seeds_by_image_over_the_images_they_share():
 
 
 def test_a_run_that_trains_is_not_flagged_and_reports_the_analyses(trained):
-    run_dir, doc = trained
+    _, doc, table = trained
     entry = doc["variants"][0]
     assert max(entry["metrics"]["train_error"]["values"]) < 0.85  # it learned something (chance: 0.9)
     assert not entry["at_chance"] and not entry["problems"]
     towers = entry["conv1_colourfulness"]["towers"]
     assert len(towers) == 2 and all(0 < t["mean"] < 1 for t in towers)  # grouped: two towers
     assert set(entry["lrn_divisor"]) == {"norm1", "norm2"}
-    report = run_testbed("report", run_dir)
-    assert "conv1 colourfulness" in report.stdout and "LRN's effective strength" in report.stdout
+    assert "conv1 colourfulness" in table and "LRN's effective strength" in table and "at chance" not in table
 
 
 def test_a_default_experiment_on_generated_data_is_flagged_at_chance_with_a_suggestion(tmp_path):
@@ -158,7 +158,7 @@ def test_fc7_neighbours_share_the_query_class_and_find_a_planted_copy(trained, r
     from testbed.neighbours import fc7_features, neighbour_table
     from testbed.results import Store
 
-    run_dir, _ = trained
+    run_dir, _, _ = trained
     variant = Store.open_run(run_dir).experiment().baseline
     data = load_dataset(variant.config["data"], registry)
     built = build_model(variant.config["model"], 10, 32, registry, "cpu")
