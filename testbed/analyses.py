@@ -287,7 +287,8 @@ def suggestion(config: dict) -> str:
         changes.append('data.preprocess = "standardize"')
     if not changes:
         return "try a smaller train.optimizer lr, or a different schedule"
-    return "try " + " with ".join(changes) + " (the paper's N(0, 0.01) init with raw-scale inputs does not train at this size)"
+    return ("try " + " with ".join(changes) + " (they train at 32 px and width 0.25, where the paper's N(0, 0.01) init "
+            "on 0-255 inputs stays at chance: docs/analyses.md)")
 
 
 # Measured (docs: /work/notes/readme-analyses.md, tests/test_analyses.py): the paper's defaults,

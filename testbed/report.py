@@ -171,7 +171,8 @@ def render(doc: dict, console: Console) -> None:
             if p["status"] in ("diverged", "failed", "refused", "at-chance"):
                 where = f" at epoch {p['epoch']}, step {p['step']}" if p["epoch"] is not None and p["step"] is not None else ""
                 plugin = f" [plugin {p['plugin']}]" if p.get("plugin") else ""
-                console.print(f"[yellow]{escape(v['name'])} seed {p['seed']}: {p['status']}{where}{escape(plugin)}: {escape(str(p['message']))}[/yellow]")
+                status = "" if p["status"] == "at-chance" else f" {p['status']}{where}{escape(plugin)}:"  # its message says so
+                console.print(f"[yellow]{escape(v['name'])} seed {p['seed']}:{status} {escape(str(p['message']))}[/yellow]")
 
 
 def footnote(doc: dict, shown: set) -> list[str]:

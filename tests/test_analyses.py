@@ -132,7 +132,7 @@ def test_a_default_experiment_on_generated_data_is_flagged_at_chance_with_a_sugg
     assert "act" in problem["message"]  # the saturation statistics' diagnosis names a layer
     assert problem["epoch"] == 2  # train.stop_at_chance ended it after epoch 2 of 4
     report = run_testbed("report", tmp_path / "run")
-    assert "at chance 1/1" in report.stdout and "at-chance" in report.stdout
+    assert "at chance 1/1" in report.stdout and "baseline seed 0: at chance: training error" in report.stdout
 
 
 # ---------------------------------------------------------------------------- Figure 4
