@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import os
+import sqlite3
 import statistics
 from pathlib import Path
 
@@ -104,22 +105,30 @@ def update_ensembles(store, run_dir: Path, finished: dict[str, list[dict]]) -> d
     ``ensembles`` table (recomputed each time: a resumed run may have finished more seeds)."""
     from testbed.rundir import checkpoint_path
 
-    store.db.executescript(ENSEMBLE_TABLE)
     out = {}
     for variant, jobs in finished.items():
         kept = [(j["seed"], outputs_path(checkpoint_path(run_dir, variant, j["seed"]))) for j in jobs]
         kept = [(seed, path) for seed, path in kept if path.is_file()]
         result = ensemble([load_outputs(path) for _, path in kept])
-        store.db.execute("DELETE FROM ensembles WHERE variant = ?", (variant,))
-        if result is None:
-            continue
-        result["seeds"] = [seed for seed, _ in kept]
-        store.db.execute("INSERT INTO ensembles VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (variant, json.dumps(result["seeds"]), result["images"], result["views"], result["top1_error"],
-                          result["top5_error"], result["single_top1_error"], result["single_top5_error"]))
-        out[variant] = result
-    store.db.commit()
+        if result is not None:
+            out[variant] = {**result, "seeds": [seed for seed, _ in kept]}
+    try:
+        store_ensembles(store.db, out, list(finished))
+    except sqlite3.DatabaseError:  # a read-only run directory: `report` still shows them
+        store.db.rollback()
     return out
+
+
+def store_ensembles(db, ensembles: dict[str, dict], variants: list[str]) -> None:
+    db.executescript(ENSEMBLE_TABLE)
+    for variant in variants:
+        db.execute("DELETE FROM ensembles WHERE variant = ?", (variant,))
+        e = ensembles.get(variant)
+        if e is not None:
+            db.execute("INSERT INTO ensembles VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (variant, json.dumps(e["seeds"]), e["images"], e["views"], e["top1_error"], e["top5_error"],
+                        e["single_top1_error"], e["single_top5_error"]))
+    db.commit()
 
 
 # ---------------------------------------------------------------------------- Figure 3 as a number
