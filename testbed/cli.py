@@ -192,29 +192,12 @@ def run(file, out, sets, only, seeds, device, as_json, force, quiet, executor, w
     runner.check_executor(options.executor, registry, dist)
     device_obj = runner.resolve_device(device, dist)
     runner.validate(experiment, registry, dist, device_obj)
-    if dist.rank == 0:
-        _warn_untrainable(experiment, registry)
     runner.init_process_group(experiment, registry, dist, device_obj)
     run_dir = Path(dist.broadcast(str(out if out is not None else default_run_dir(experiment))))
     if dist.rank == 0:
         prepare_run_dir(run_dir, experiment, force)
     dist.barrier()
     _execute(experiment, run_dir, registry, options, dist)
-
-
-def _warn_untrainable(experiment, registry) -> None:
-    """Before training: variants whose geometry and width are known not to train with their init."""
-    from testbed.analyses import known_not_to_train
-    from testbed.data import load_dataset
-    from testbed.model import geometry_for
-
-    for v in experiment.variants:
-        geometry = v.config["model"]["geometry"]
-        if geometry == "auto":
-            geometry = geometry_for(load_dataset(v.config["data"], registry).image_size)  # loaded (cached) by validate
-        warning = known_not_to_train(v.config, geometry)
-        if warning:
-            click.echo(f"warning: variant '{v.name}': {warning}", err=True)
 
 
 def _execute(experiment, run_dir: Path, registry, options, dist) -> None:
