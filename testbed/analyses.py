@@ -290,9 +290,9 @@ def diagnosis(rows: list[dict]) -> str:
 def suggestion(config: dict) -> str:
     """The fix measured to train at small sizes (experiments/smoke.toml uses it)."""
     changes = []
-    if config["model"]["init"]["name"] != "kaiming":
+    if config.get("model", {}).get("init", {}).get("name") != "kaiming":
         changes.append('model.init = "kaiming"')
-    if config["data"]["preprocess"]["name"] != "standardize":
+    if config.get("data", {}).get("preprocess", {}).get("name") != "standardize":
         changes.append('data.preprocess = "standardize"')
     if not changes:
         return "try a smaller train.optimizer lr, or a different schedule"
@@ -322,7 +322,7 @@ def chance_problems(variant, jobs: list[dict], epochs: list[dict]) -> list[dict]
     """The at-chance entries of a variant's finished jobs (the class count: as the job recorded it)."""
     out = []
     for job in jobs:
-        classes = (job.get("metrics") or {}).get("classes") or variant.config["data"]["classes"]
+        classes = (job.get("metrics") or {}).get("classes") or variant.config.get("data", {}).get("classes")
         problem = chance_problem(job, epochs, variant.config, classes) if classes else None
         if problem:
             out.append(problem)
