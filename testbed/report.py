@@ -382,4 +382,4 @@ def render_divisors(doc: dict, console: Console) -> None:
                       f"{100 * s['mean_excess']:+.2g}%", f"{s['cv']:.2g}")
     console.print(table)
     console.print("[dim]A divisor that hardly varies (cv near 0, mean near k^β) makes LRN a fixed rescaling by 1/k^β: "
-                  "it then normalizes nothing. Per epoch in --json of the store's epochs (lrn_divisor); mean over seeds here.[/dim]")
+                  "it then normalizes nothing. Every epoch's is in the store (epochs, lrn_divisor); here the last, mean over seeds.[/dim]")
