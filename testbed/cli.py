@@ -333,18 +333,21 @@ def show(file, sets, as_json):
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--vs", "other", type=click.Path(path_type=Path), help="A second run to compare variant by variant.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option("--plots", is_flag=True, help="Draw the run's plots again (from its store and checkpoints).")
+@click.option("--plots", is_flag=True, help="Draw the run's plots again (from its store and checkpoints), with Figure 4's "
+                                            "fc7 nearest neighbours per variant.")
+@click.option("--neighbours", "neighbours_of", multiple=True, metavar="NAME",
+              help="With --plots: draw the fc7 neighbours of these variants only (repeatable; default every variant).")
 @click.option("--html", "html_file", type=click.Path(path_type=Path), metavar="FILE",
               help="Also write the report as one self-contained HTML page (pictures inline, no network), e.g. report.html.")
 @statistics_options
 @guarded
-def report(run_dir, other, as_json, plots, html_file, confidence, correction):
+def report(run_dir, other, as_json, plots, neighbours_of, html_file, confidence, correction):
     """The results table of a run again, from its store (optionally beside a second run)."""
     stats = _statistics(confidence, correction)
     if plots:
         from testbed.plots import redraw_plots
 
-        for path in redraw_plots(run_dir, _registry(), err_console()):
+        for path in redraw_plots(run_dir, _registry(), err_console(), list(neighbours_of) or None):
             click.echo(f"drew {path}", err=True)
     from testbed.report import render, render_comparison, table_console
     from testbed.results import Store, compare_runs, summarize

@@ -7,8 +7,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from testbed.data import load_dataset
 from testbed import plugins
+from testbed.analyses import known_not_to_train
+from testbed.data import load_dataset
 from testbed.errors import BadInput, PluginFailure
 from testbed.experiment import Experiment
 from testbed.model import build_model, layer_shapes, parameter_count
@@ -88,6 +89,9 @@ def describe_experiment(experiment: Experiment, registry) -> dict:
             warning = check_like_run(v, registry)
             if warning:
                 warnings.append(warning)
+            untrainable = known_not_to_train(v.config, variants[-1]["geometry"])
+            if untrainable:
+                warnings.append(f"variant '{v.name}': {untrainable}")
         except BadInput as exc:
             where = "" if v.name == "baseline" else f"variant '{v.name}': "
             raise BadInput(f"{experiment.path}: {where}{exc}", file=experiment.path) from None

@@ -47,12 +47,13 @@ class EvaluationStopped(Exception):
 
 
 def evaluate(model, pipeline: Pipeline, batch_size: int, precision: str, dist: Dist, views: bool = True, probe: bool = False,
-             stop=None):
+             stop=None, keep: list | None = None):
     """(top-1 error, top-5 error, saturation) on the held-out set, softmax averaged over the test
     views (``views=False``: the centre patch only). With ``probe``, the saturation statistics of
     the first batch's centre patches (see SaturationProbe), else {}. ``stop``: a StopFlag looked
     at before every batch (EvaluationStopped when set), so that a stop request does not wait for
-    a long test."""
+    a long test. ``keep``: a list that gets (probabilities, labels) of every batch, on the CPU (the
+    ensembles' per-image outputs, testbed/analyses.py)."""
     model.eval()
     wrong1 = wrong5 = seen = 0
     # Every epoch measures saturation on the same images, the centre patches: the configured
@@ -74,6 +75,8 @@ def evaluate(model, pipeline: Pipeline, batch_size: int, precision: str, dist: D
                 for view in batch[1:]:
                     probs += model(view.contiguous(memory_format=fmt)).float().softmax(-1)
                 probs /= batch.shape[0]
+                if keep is not None:
+                    keep.append((probs.cpu(), labels.cpu()))
                 k = min(5, probs.shape[-1])
                 top = probs.topk(k, dim=-1).indices
                 hit1 = top[:, 0] == labels

@@ -113,6 +113,8 @@ def execute_job(spec: JobSpec, events: JobEvents, stop: StopFlag, dist: Dist, re
         if os.environ.get("TESTBED_TRACEBACK"):
             traceback.print_exc()
         return JobOutcome("failed", f"{type(exc).__name__}: {exc}", plugin=plugins.blame(exc))
+    result["metrics"]["classes"] = len(data.class_names)
+    _add_colourfulness(result["metrics"], result["model"])
     if dist.rank == 0 and spec.seed == v.config["train"]["seeds"][0]:
         _draw_conv1(result["model"], spec)
     return JobOutcome("ok", metrics=result["metrics"], epoch=len(result["history"]), history=result["history"])
@@ -126,3 +128,13 @@ def _draw_conv1(model, spec: JobSpec) -> None:
                       f"{spec.variant.name}: conv1 kernels (seed {spec.seed})")
     except Exception as exc:  # a picture must never cost the results
         print(f"warning: conv1 plot for {spec.variant.name} failed: {exc}", file=sys.stderr, flush=True)
+
+
+def _add_colourfulness(metrics: dict, model) -> None:
+    """Each tower's conv1 colourfulness (testbed/analyses.py) into the job's metrics."""
+    from testbed.analyses import tower_colourfulness
+
+    try:
+        metrics["conv1_colourfulness"] = tower_colourfulness(model)
+    except Exception as exc:  # an analysis must never cost the results
+        print(f"warning: conv1 colourfulness failed: {exc}", file=sys.stderr, flush=True)

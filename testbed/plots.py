@@ -159,8 +159,9 @@ def make_learning_curves(store, run_dir: Path, experiment) -> None:
         figure1(epochs, experiment, run_dir / "plots" / "figure1.png")
 
 
-def redraw_plots(run_dir: Path, registry, console) -> list[Path]:
-    """Draw a run's plots again from its store and its checkpoints (`testbed report DIR --plots`)."""
+def redraw_plots(run_dir: Path, registry, console, neighbours_of: list[str] | None = None) -> list[Path]:
+    """Draw a run's plots again from its store and its checkpoints (`testbed report DIR --plots`),
+    and Figure 4's nearest neighbours for the variants ``neighbours_of`` (None: every variant)."""
     from testbed.checkpoint import load, owner
     from testbed.describe import data_shape
     from testbed.model import build_model
@@ -189,4 +190,20 @@ def redraw_plots(run_dir: Path, registry, console) -> list[Path]:
         path = run_dir / "plots" / f"conv1-{v.name}.png"
         conv1_kernels(built.module, built.plan.towers, path, f"{v.name}: conv1 kernels (seed {state['seed']})")
         drawn.append(path)
+        if neighbours_of is None or v.name in neighbours_of:
+            drawn += _neighbours(v, built.module, registry, run_dir, state["seed"], console)
     return sorted(set(drawn))
+
+
+def _neighbours(variant, model, registry, run_dir: Path, seed: int, console) -> list[Path]:
+    from testbed.neighbours import draw_neighbours
+
+    try:
+        path = draw_neighbours(variant, model, registry, run_dir, seed)
+    except Exception as exc:  # a picture must never cost the rest
+        console.print(f"[yellow]fc7 neighbours for {variant.name} skipped: {exc}[/yellow]")
+        return []
+    if path is None:
+        console.print(f"[yellow]fc7 neighbours for {variant.name} skipped: its data is streamed, not held in memory[/yellow]")
+        return []
+    return [path]

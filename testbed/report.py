@@ -135,6 +135,7 @@ def _columns(doc: dict) -> list[tuple]:
         ("Δ top-1", "right", lambda v: delta_text(deltas(v).get("top1_error")) if deltas(v) else ""),
         ("top-5 %", "right", lambda v: mean_std(v["metrics"]["top5_error"])),
         ("Δ top-5", "right", lambda v: delta_text(deltas(v).get("top5_error")) if deltas(v) else ""),
+        ("ensemble top-1/5 %", "right", ensemble_text) if has(lambda v: v.get("ensemble")) else None,
         ("paper Δ", "right", lambda v: paper_delta_text(v["paper"])) if has(lambda v: v["paper"]) else None,
         ("train err %", "right", lambda v: with_verdict(mean_std(v["metrics"]["train_error"]), deltas(v).get("train_error"))),
         ("ep→tgt", "right", lambda v: with_verdict(mean_std(v["metrics"]["epochs_to_target"], scale=1.0, digits=1),
@@ -142,7 +143,8 @@ def _columns(doc: dict) -> list[tuple]:
         ("s→tgt", "right", lambda v: mean_std(v["metrics"]["time_to_target_s"], scale=1.0, digits=0)) if reached else None,
         ("img/s", "right", lambda v: number(v["metrics"]["train_images_per_s"]["mean"])),
         ("params", "right", lambda v: number(v["parameters"])),
-        ("status", "left", lambda v: status_text(v["status"])) if has(lambda v: v["status"] != "ok") else None,
+        ("status", "left", lambda v: status_text(v["status"]) + (f" [yellow]at chance {v['at_chance']}[/yellow]" if v.get("at_chance") else ""))
+        if has(lambda v: v["status"] != "ok" or v.get("at_chance")) else None,
     ]
     return [c for c in columns if c is not None]
 
@@ -161,14 +163,16 @@ def render(doc: dict, console: Console) -> None:
         if v["paper"].get("claim"):
             console.print(f"[dim]{escape(v['name'])}: the paper: {escape(v['paper']['claim'])}[/dim]")
     render_paper_checks(doc, console)
+    render_analyses(doc, console)
     if doc.get("compare"):
         render_speedups(doc["compare"], console)
     for v in doc["variants"]:
         for p in v.get("problems", []):
-            if p["status"] in ("diverged", "failed", "refused"):
-                where = f" at epoch {p['epoch']}, step {p['step']}" if p["epoch"] is not None else ""
+            if p["status"] in ("diverged", "failed", "refused", "at-chance"):
+                where = f" at epoch {p['epoch']}, step {p['step']}" if p["epoch"] is not None and p["step"] is not None else ""
                 plugin = f" [plugin {p['plugin']}]" if p.get("plugin") else ""
-                console.print(f"[yellow]{escape(v['name'])} seed {p['seed']}: {p['status']}{where}{escape(plugin)}: {escape(str(p['message']))}[/yellow]")
+                status = "" if p["status"] == "at-chance" else f" {p['status']}{where}{escape(plugin)}:"  # its message says so
+                console.print(f"[yellow]{escape(v['name'])} seed {p['seed']}:{status} {escape(str(p['message']))}[/yellow]")
 
 
 def footnote(doc: dict, shown: set) -> list[str]:
@@ -186,6 +190,9 @@ def footnote(doc: dict, shown: set) -> list[str]:
             rows = [(v["name"], v["delta_vs_baseline"], v.get("pairing")) for v in doc["variants"][1:]]
             lines += verdict_notes(doc["statistics"], rows, "", "train err or ep→tgt" if "ep→tgt" in shown else "train err")
     lines += seed_policy_notes(doc["variants"])
+    if "ensemble top-1/5 %" in shown:
+        lines.append("Ensemble: the top-1/top-5 error of the softmax averaged over the seeds (n), on the same test views, "
+                     "beside the mean single-net error in top-1 % (the paper's Table 2: 5 CNNs).")
     if "ep→tgt" in shown:
         lines.append("ep→tgt, s→tgt: epochs and training seconds to the target training error; (k/n): seeds that reached it.")
     return lines
@@ -341,3 +348,50 @@ def render_comparison(comparison: dict, console: Console) -> None:
     if rows:
         for line in verdict_notes(comparison["statistics"], rows, " compared"):
             console.print(f"[dim]{escape(line)}[/dim]")
+
+
+# ---------------------------------------------------------------------------- the analyses (testbed/analyses.py)
+
+
+def ensemble_text(v: dict) -> str:
+    e = v.get("ensemble")
+    return f"{100 * e['top1_error']:.1f} / {100 * e['top5_error']:.1f} ({len(e['seeds'])})" if e else "-"
+
+
+def render_analyses(doc: dict, console: Console) -> None:
+    """Below the table: the towers' conv1 colourfulness and LRN's divisor, where the run has them."""
+    render_colourfulness(doc, console)
+    render_divisors(doc, console)
+
+
+def render_colourfulness(doc: dict, console: Console) -> None:
+    rows = [(v["name"], v["conv1_colourfulness"]) for v in doc["variants"] if v.get("conv1_colourfulness")]
+    if not rows:
+        return
+    table = Table(title="conv1 colourfulness per tower (Figure 3 as a number; mean ± sd over seeds)", title_justify="left")
+    for col in ("variant", "seeds", "tower A", "tower B", "gap (more − less colourful)", "A − B"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for name, c in rows:
+        towers = [mean_std(t, scale=1.0, digits=3) for t in c["towers"]] + ["-"] * (2 - len(c["towers"]))
+        two = len(c["towers"]) == 2
+        table.add_row(name, str(len(c["seeds"])), *towers[:2], mean_std(c["gap"], 1.0, 3) if two else "-",
+                      mean_std(c["a_minus_b"], 1.0, 3) if two else "-")
+    console.print(table)
+    console.print("[dim]Colourfulness: the mean chroma (max − min of R, G, B) of each conv1 kernel scaled to [0, 1] by its own range, "
+                  "averaged over a tower's kernels: 0 grey, 1 the most colourful. The paper's towers specialise (one colour-agnostic, "
+                  "one colour-specific) whichever GPU gets which: the gap per seed measures that.[/dim]")
+
+
+def render_divisors(doc: dict, console: Console) -> None:
+    rows = [(v["name"], layer, s) for v in doc["variants"] for layer, s in (v.get("lrn_divisor") or {}).items()]
+    if not rows:
+        return
+    table = Table(title="LRN's effective strength: the divisor (k + α Σa²)^β on a held-out batch, last epoch", title_justify="left")
+    for col in ("variant", "layer", "epoch", "k^β", "p1", "median", "p99", "max", "mean / k^β − 1", "cv (sd / mean)"):
+        table.add_column(col, justify="left" if col in ("variant", "layer") else "right")
+    for name, layer, s in rows:
+        table.add_row(name, layer, str(s["epoch"]), *(f"{s[k]:.6g}" for k in ("resting", "p01", "median", "p99", "max")),
+                      f"{100 * s['mean_excess']:+.2g}%", f"{s['cv']:.2g}")
+    console.print(table)
+    console.print("[dim]A divisor that hardly varies (cv near 0, mean near k^β) makes LRN a fixed rescaling by 1/k^β: "
+                  "it then normalizes nothing. Every epoch's is in the store (epochs, lrn_divisor); here the last, mean over seeds.[/dim]")

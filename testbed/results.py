@@ -10,7 +10,7 @@ import statistics
 import time
 from pathlib import Path
 
-from testbed import __version__, verdicts
+from testbed import __version__, analyses, verdicts
 from testbed.errors import BadInput
 from testbed.experiment import Experiment
 from testbed.rundir import EXPERIMENT_NAME, STORE_NAME
@@ -311,6 +311,7 @@ def summarize(store: Store, run_dir: Path, confidence=None, correction=None, loo
         for entry in variants[1:]:
             entry["delta_vs_baseline"], entry["pairing"] = deltas[entry["name"]], pairing[entry["name"]]
             add_paper_checks(entry, doc["statistics"]["planning_alpha"])
+    analyses.annotate(doc, store, run_dir, experiment, finished)
     statuses = {j["status"] for j in jobs}
     doc["status"] = "ok" if statuses == {"ok"} else ("incomplete" if statuses & {"pending", "running", "interrupted"} else "failed")
     if experiment.compare:

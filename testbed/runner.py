@@ -121,6 +121,21 @@ def check_executor(spec: dict, registry, dist: Dist) -> None:
                        f"serially (every process trains every job together), so leave out --workers / --scheduler")
 
 
+def warn_untrainable(variants, registry) -> None:
+    """On stderr, once per variant about to train: a geometry and width known not to train with
+    its init and preprocessing (testbed/analyses.py)."""
+    from testbed.analyses import known_not_to_train
+    from testbed.model import geometry_for
+
+    for v in {v.name: v for v in variants}.values():
+        geometry = v.config["model"]["geometry"]
+        if geometry == "auto":
+            geometry = geometry_for(load_dataset(v.config["data"], registry).image_size)  # loaded (cached) by validate
+        warning = known_not_to_train(v.config, geometry)
+        if warning:
+            print(f"warning: variant '{v.name}': {warning}", file=sys.stderr, flush=True)
+
+
 def grid(experiment: Experiment, run_dir: Path, device: torch.device) -> list[JobSpec]:
     """Every job, in the order the table lists them: variant by variant, seed by seed."""
     jobs = [(v, seed) for v in experiment.variants for seed in v.config["train"]["seeds"]]
@@ -250,6 +265,8 @@ def _execute(experiment: Experiment, run_dir: Path, registry, executor, options:
     left = [spec.key for spec in jobs if store.job_status(*spec.key) not in FINISHED] if rank0 else None
     left = set(dist.broadcast(left))
     pending = [spec for spec in jobs if spec.key in left]
+    if rank0:  # every check passed: the run starts here
+        warn_untrainable([spec.variant for spec in pending], registry)
     display = Display(rank0 and not options.quiet, len(jobs), len(jobs) - len(pending))
     resumed = rank0 and any(store.job_status(*spec.key) != "pending" for spec in jobs)
     trackers = _start_trackers(experiment, run_dir, registry, display, resumed) if rank0 else None

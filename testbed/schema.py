@@ -235,6 +235,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                                  "subset, init, order, augmentation, dropout", choices=SEED_SOURCES),
         "target_train_error": Float(0.25, 0.0, 1.0, help="Figure 1's measure: epochs to this training error"),
         "stop_at_target": Bool(False, "end a job at the first epoch at or below target_train_error"),
+        "stop_at_chance": Int(0, 0, 100_000, help="end a job whose training error is still at chance after this many epochs (0: never)"),
         "precision": Choice("fp32", choices=("fp32", "bf16", "fp16")),
         "compile": Bool(False, "torch.compile the model"),
         "memory_format": Choice("auto", "auto: channels-last, faster on CPUs and GPUs alike where measured",

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from testbed import checkpoint
+from testbed import analyses, checkpoint
 from testbed.assembly import autocast, build_for_training, build_pipeline, make_optimizer
 from testbed.data import augmentation_generator
 from testbed.distributed import Dist
@@ -215,6 +215,11 @@ class Job:
             "history": self.history,
         })
 
+    def stuck_at_chance(self, epoch: int, train_error: float) -> bool:
+        """train.stop_at_chance = N: end the job after epoch N if its training error is still at chance."""
+        after = self.train_cfg["stop_at_chance"]
+        return bool(after) and epoch >= after and analyses.at_chance(train_error, len(self.ctx.data.class_names))
+
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> dict:
@@ -276,13 +281,16 @@ class Job:
         eval_tick = time.perf_counter()
         train_error = totals[1] / max(totals[2], 1)
         reached = self.train_cfg["stop_at_target"] and train_error <= self.train_cfg["target_train_error"]
-        final = epoch == self.train_cfg["epochs"] or reached
+        final = epoch == self.train_cfg["epochs"] or reached or self.stuck_at_chance(epoch, train_error)
+        # the final softmax per test image, for the ensembles (one process: a DDP rank sees a shard)
+        outputs = [] if final and not self.ctx.dist.active else None
         # The configured test views (the paper's ten-crop) at the last epoch; the centre patch before.
         # The plain module, not the DDP or compiled wrapper: DDP would sync buffers on every forward
         # (ranks can have unequal test batches) and compiled graphs ignore the probe's hooks.
         try:  # a stop request during evaluation (a single process only: DDP ranks stop at epoch ends together)
             top1, top5, saturation = evaluate(self.model, self.pipeline, self.train_cfg["eval_batch_size"], self.precision,
-                                              self.ctx.dist, final, probe=True, stop=None if self.ctx.dist.active else self.ctx.stop)
+                                              self.ctx.dist, final, probe=True, stop=None if self.ctx.dist.active else self.ctx.stop,
+                                              keep=outputs)
         except EvaluationStopped:
             # every step of the epoch is done: checkpoint as "all steps, not yet evaluated"; resume evaluates
             self.sums = EpochSums(totals[0], totals[1], totals[2], train_s)
@@ -304,6 +312,14 @@ class Job:
             "skipped_unreadable": self.pipeline.skipped,  # images a streaming dataset could not read, so far
             "saturation": saturation,  # of the first held-out batch
         }
+        divisors = analyses.measure_divisors(self.model, self.pipeline, self.train_cfg["eval_batch_size"], self.precision)
+        if divisors:  # LRN's effective strength, on the same first held-out batch
+            record["lrn_divisor"] = divisors
+        if outputs:
+            test_images = getattr(self.ctx.data, "test_images", None)  # in memory: keyed by content, else by position
+            analyses.save_outputs(analyses.outputs_path(self.ctx.checkpoint), torch.cat([p for p, _ in outputs]),
+                                  torch.cat([y for _, y in outputs]), record["test_views"],
+                                  analyses.image_keys(test_images) if test_images is not None else None)
         self.history.append(record)
         self.schedule.step({"test_top1": top1, "test_top5": top5, "train_error": train_error, "train_loss": record["train_loss"]})
         self.sums, self.start_step, self.generator = EpochSums(), 0, None

@@ -174,6 +174,20 @@ class LocalResponseNorm(nn.Module):
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, alpha_convention={self.alpha_convention}"
 
+    # LRN's effective strength (testbed/analyses.py DivisorProbe): written from the formula on its
+    # own, not through the fast forward above, so that the statistics do not depend on it.
+    def divisor(self, x: torch.Tensor) -> torch.Tensor:
+        """(k + scale * sum of a^2 over the window) ** beta per element of x: what forward divides by."""
+        scale = self.alpha / self.size if self.alpha_convention == "divided-by-n" else self.alpha
+        half, channels = self.size // 2, x.shape[1]
+        squares = torch.nn.functional.pad(x.float().square(), (0, 0, 0, 0, half, half))  # zero channels at both ends
+        window = sum(squares[:, d : d + channels] for d in range(self.size))
+        return (self.k + scale * window) ** self.beta
+
+    def resting_divisor(self) -> float:
+        """The divisor with no input: k ** beta (a constant divisor makes LRN a fixed rescaling)."""
+        return self.k**self.beta
+
 
 def lrn(
     channels: int,
