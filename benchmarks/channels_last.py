@@ -14,12 +14,12 @@ import sys
 import time
 
 import torch
-
 from _common import wait_for_idle
+
 from testbed import plugins
 from testbed.bench import synchronize
-from testbed.train import train_step
 from testbed.model import build_model
+from testbed.train import train_step
 
 CASES = {  # name: (geometry, width, image size, batch)
     "cifar-w0.25": ("cifar", 0.25, 32, 64),
@@ -46,8 +46,17 @@ def main() -> None:
         runs = {}
         for norm in ("lrn", "none"):
             for fmt in ("nchw", "channels-last"):
-                cfg = {"geometry": geometry, "width": width, "activation": "relu", "normalization": norm, "pooling": "overlapping",
-                       "dropout": 0.5, "init": "pytorch", "placement": "grouped", "skip": []}
+                cfg = {
+                    "geometry": geometry,
+                    "width": width,
+                    "activation": "relu",
+                    "normalization": norm,
+                    "pooling": "overlapping",
+                    "dropout": 0.5,
+                    "init": "pytorch",
+                    "placement": "grouped",
+                    "skip": [],
+                }
                 torch.manual_seed(0)
                 model = build_model(cfg, 10, size, registry, device).module
                 xin = x
@@ -61,7 +70,7 @@ def main() -> None:
         times = {k: [] for k in runs}
         for r in range(args.rounds):
             wait_for_idle(10.0)
-            for k in (list(runs) if r % 2 == 0 else list(reversed(list(runs)))):
+            for k in list(runs) if r % 2 == 0 else list(reversed(list(runs))):
                 model, opt, xin = runs[k]
                 synchronize(device)
                 tick = time.perf_counter()

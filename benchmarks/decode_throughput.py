@@ -36,6 +36,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import wait_for_idle  # noqa: E402
+
 from testbed.data import workers_needed  # noqa: E402
 from testbed_builtins.imagefolder import _resize_crop, load_image  # noqa: E402
 
@@ -107,7 +108,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {k: [] for k in candidates}
     for r in range(args.rounds):
         wait_for_idle(10.0)
-        for name in (list(candidates) if r % 2 == 0 else list(reversed(candidates))):
+        for name in list(candidates) if r % 2 == 0 else list(reversed(candidates)):
             tick = time.perf_counter()
             candidates[name](paths)
             if name == "nvjpeg":
@@ -116,20 +117,30 @@ def main() -> None:
     medians = {k: statistics.median(v) for k, v in rates.items()}
     speeds = [int(s) for s in args.gpu_speeds.split(",") if s]
     cpu_best = max(v for k, v in medians.items() if k != "nvjpeg")
-    doc = {"machine": platform.processor() or platform.machine(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-           "images": len(paths), "rounds": args.rounds, "resize": RESIZE, "crop": CROP,
-           "images_per_s": medians, "workers_needed": {s: workers_needed(s, medians["torchvision"]) for s in speeds},
-           "workers_needed_best_cpu_decoder": {s: workers_needed(s, cpu_best) for s in speeds}}
+    doc = {
+        "machine": platform.processor() or platform.machine(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "images": len(paths),
+        "rounds": args.rounds,
+        "resize": RESIZE,
+        "crop": CROP,
+        "images_per_s": medians,
+        "workers_needed": {s: workers_needed(s, medians["torchvision"]) for s in speeds},
+        "workers_needed_best_cpu_decoder": {s: workers_needed(s, cpu_best) for s in speeds},
+    }
     if args.json:
         print(json.dumps(doc, indent=2))
         return
-    print(f"JPEG decode + resize {RESIZE} + centre crop {CROP}, {len(paths)} files, median of {args.rounds} rounds "
-          f"(CPU: one core, one thread{'; GPU: ' + doc['gpu'] if doc['gpu'] else ''})")
+    print(
+        f"JPEG decode + resize {RESIZE} + centre crop {CROP}, {len(paths)} files, median of {args.rounds} rounds "
+        f"(CPU: one core, one thread{'; GPU: ' + doc['gpu'] if doc['gpu'] else ''})"
+    )
     for k, v in medians.items():
         print(f"  {k:<20}{v:>9.0f} images/s{'' if k == 'nvjpeg' else ' per core'}")
     print("DataLoader workers (one core each, torchvision decode as the loader does it) a GPU training speed needs:")
     for s in speeds:
-        print(f"  {s:>6} images/s: {doc['workers_needed'][s]:>3} workers ({doc['workers_needed_best_cpu_decoder'][s]} with the fastest CPU decoder)")
+        best = doc["workers_needed_best_cpu_decoder"][s]
+        print(f"  {s:>6} images/s: {doc['workers_needed'][s]:>3} workers ({best} with the fastest CPU decoder)")
 
 
 if __name__ == "__main__":

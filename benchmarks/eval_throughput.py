@@ -30,6 +30,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import wait_for_idle  # noqa: E402
+
 from testbed import plugins  # noqa: E402
 from testbed.assembly import build_for_training, build_pipeline  # noqa: E402
 from testbed.data import load_dataset  # noqa: E402
@@ -43,7 +44,8 @@ def experiment(dataset: str, test_size: int, eval_batch: int) -> dict:
     if dataset == "synthetic":
         data |= {"image_size": 32, "classes": 10}
     return {
-        "name": "eval-throughput", "description": "evaluate() vs a plain forward loop",
+        "name": "eval-throughput",
+        "description": "evaluate() vs a plain forward loop",
         "data": data,
         "model": {"geometry": "cifar", "width": 0.25, "normalization": "lrn", "init": "kaiming"},
         "augment": {"train": [], "test": {"name": "ten-crop", "padding": 4}},
@@ -86,7 +88,8 @@ def timed(fn) -> tuple[float, float]:
 
 
 def profile(c: Candidates) -> None:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     c.evaluate(True)
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -122,34 +125,50 @@ def main() -> None:
                 order = ("evaluate", "plain") if r % 2 == 0 else ("plain", "evaluate")
                 for how in order:
                     times[(name, ten, how)].append(timed(lambda c=c, how=how, ten=ten: getattr(c, how)(ten)))
-    n = len(next(iter(candidates.values())).pipeline._test[1]) if hasattr(next(iter(candidates.values())).pipeline, "_test") else args.test_size
+    n = (
+        len(next(iter(candidates.values())).pipeline._test[1])
+        if hasattr(next(iter(candidates.values())).pipeline, "_test")
+        else args.test_size
+    )
     rows = []
     for name in candidates:
         for ten in (False, True):
             e = [t for t in times[(name, ten, "evaluate")]]
             p = [t for t in times[(name, ten, "plain")]]
-            row = {"variant": name, "views": 10 if ten else 1,
-                   "evaluate_images_per_s": n / statistics.median(w for w, _ in e),
-                   "plain_images_per_s": n / statistics.median(w for w, _ in p),
-                   "ratio_wall": statistics.median(w for w, _ in e) / statistics.median(w for w, _ in p),
-                   "ratio_cpu": statistics.median(c for _, c in e) / statistics.median(c for _, c in p)}
+            row = {
+                "variant": name,
+                "views": 10 if ten else 1,
+                "evaluate_images_per_s": n / statistics.median(w for w, _ in e),
+                "plain_images_per_s": n / statistics.median(w for w, _ in p),
+                "ratio_wall": statistics.median(w for w, _ in e) / statistics.median(w for w, _ in p),
+                "ratio_cpu": statistics.median(c for _, c in e) / statistics.median(c for _, c in p),
+            }
             rows.append(row)
     lrn_over_none = {
         views: next(r for r in rows if r["variant"] == "baseline" and r["views"] == views)["plain_images_per_s"] ** -1
         / next(r for r in rows if r["variant"] == "no-norm" and r["views"] == views)["plain_images_per_s"] ** -1
         for views in (1, 10)
     }
-    doc = {"machine": platform.processor() or platform.machine(), "threads": args.threads, "setup": vars(args), "rows": rows,
-           "plain_forward_lrn_over_none": lrn_over_none}
+    doc = {
+        "machine": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "setup": vars(args),
+        "rows": rows,
+        "plain_forward_lrn_over_none": lrn_over_none,
+    }
     if args.json:
         print(json.dumps(doc, indent=2))
         return
-    print(f"evaluation, {args.dataset} {n} held-out images, batch {args.eval_batch}, {args.threads} thread(s), "
-          f"median of {args.rounds} alternating rounds")
+    print(
+        f"evaluation, {args.dataset} {n} held-out images, batch {args.eval_batch}, {args.threads} thread(s), "
+        f"median of {args.rounds} alternating rounds"
+    )
     print(f"  {'variant':<9}{'views':>6}{'evaluate img/s':>16}{'plain img/s':>13}{'view/s':>9}{'ratio wall':>12}{'ratio cpu':>11}")
     for r in rows:
-        print(f"  {r['variant']:<9}{r['views']:>6}{r['evaluate_images_per_s']:>16.0f}{r['plain_images_per_s']:>13.0f}"
-              f"{r['plain_images_per_s'] * r['views']:>9.0f}{r['ratio_wall']:>11.3f}x{r['ratio_cpu']:>10.3f}x")
+        print(
+            f"  {r['variant']:<9}{r['views']:>6}{r['evaluate_images_per_s']:>16.0f}{r['plain_images_per_s']:>13.0f}"
+            f"{r['plain_images_per_s'] * r['views']:>9.0f}{r['ratio_wall']:>11.3f}x{r['ratio_cpu']:>10.3f}x"
+        )
     print("  plain forward, LRN / none: " + ", ".join(f"{v} view(s) {x:.3f}x" for v, x in lrn_over_none.items()))
 
 

@@ -23,9 +23,9 @@ import time
 import torch
 
 from testbed import plugins
+from testbed.assembly import build_for_training
 from testbed.data import InMemoryData
 from testbed.experiment import build_experiment
-from testbed.assembly import build_for_training
 from testbed.train import train_step
 
 
@@ -96,7 +96,10 @@ def main() -> None:
             continue
         row = measure(device, precision, fmt, compiled, args.batch, args.steps, args.warmup)
         rows.append(row)
-        print(f"{precision:5s} {fmt:14s} compile={str(compiled):5s}  {row['images_per_s']:10.1f} img/s  {row['step_ms']:8.1f} ms/step", flush=True)
+        print(
+            f"{precision:5s} {fmt:14s} compile={str(compiled):5s}  {row['images_per_s']:10.1f} img/s  {row['step_ms']:8.1f} ms/step",
+            flush=True,
+        )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(json.dumps({"device": name, "torch": torch.__version__, "rows": rows}, indent=2))
 

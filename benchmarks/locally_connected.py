@@ -44,9 +44,11 @@ def timed(fn, repeat=3) -> float:
 def layer_round(layer, x, forms):
     out = {}
     for name, forward in forms.items():
-        def step():
+
+        def step(forward=forward):
             layer.zero_grad(set_to_none=True)
             forward(x).square().mean().backward()
+
         out[name] = timed(step)
     return out
 
@@ -56,6 +58,7 @@ def net_step(model, x, y, optimizer):
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
+
     return step
 
 
@@ -84,8 +87,10 @@ def main():
     model = build_model(cfg, 10, 32, registry, "cpu").module
     twin = conv_twin(model)
     images, labels = torch.randn(args.batch, 3, 24, 24), torch.randint(0, 10, (args.batch,))
-    steps = {name: net_step(m, images, labels, torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9))
-             for name, m in (("conv-local", model), ("convs in place of local", twin))}
+    steps = {
+        name: net_step(m, images, labels, torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9))
+        for name, m in (("conv-local", model), ("convs in place of local", twin))
+    }
     rows: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         for name, seconds in layer_round(layer, x, forms).items():

@@ -25,12 +25,12 @@ import sys
 import time
 
 import torch
+from _common import wait_for_idle
 from torch import nn
 
-from _common import wait_for_idle
 from testbed import plugins
-from testbed.train import train_step
 from testbed.model import TowerSplit, build_model
+from testbed.train import train_step
 
 GEOMETRIES = {  # name: (geometry, width, image size, batch, classes)
     "cifar": ("cifar", 0.25, 32, 64, 10),
@@ -39,8 +39,17 @@ GEOMETRIES = {  # name: (geometry, width, image size, batch, classes)
 
 
 def model_config(geometry: str, width: float, normalization: str) -> dict:
-    return {"geometry": geometry, "width": width, "activation": "relu", "normalization": normalization,
-            "pooling": "overlapping", "dropout": 0.5, "init": "pytorch", "placement": "grouped", "skip": []}
+    return {
+        "geometry": geometry,
+        "width": width,
+        "activation": "relu",
+        "normalization": normalization,
+        "pooling": "overlapping",
+        "dropout": 0.5,
+        "init": "pytorch",
+        "placement": "grouped",
+        "skip": [],
+    }
 
 
 def load_other_lrn(path: str):
@@ -96,7 +105,15 @@ def measure(key: str, rounds: int, steps: int, other=None, fmt=torch.contiguous_
                 train_step(models[k], optimizers[k], x, y)
             times[k].append((time.perf_counter() - tick) / steps)
         print(f"  {key} round {r + 1}/{rounds}: " + "  ".join(f"{k} {1e3 * times[k][-1]:.1f} ms" for k in models), file=sys.stderr)
-    out = {"geometry": geometry, "width": width, "image_size": size, "batch": batch, "rounds": rounds, "steps_per_round": steps, "variants": {}}
+    out = {
+        "geometry": geometry,
+        "width": width,
+        "image_size": size,
+        "batch": batch,
+        "rounds": rounds,
+        "steps_per_round": steps,
+        "variants": {},
+    }
     for k, ts in times.items():
         ratios = [t / n for t, n in zip(ts, times["none"])]
         out["variants"][k] = {
@@ -154,14 +171,21 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the JSON document only")
     parser.add_argument("--compare-with", metavar="PATH", help="another normalizations.py whose lrn() is timed too, as other-lrn")
     parser.add_argument("--micro", action="store_true", help="time the normalization layers alone instead (one thread)")
-    parser.add_argument("--channels-last", action="store_true", help="models and inputs in channels-last (testbed's default) instead of NCHW")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="models and inputs in channels-last (testbed's default) instead of NCHW"
+    )
     parser.add_argument("--forward-only", action="store_true", help="--micro: the forward pass under inference_mode (evaluation)")
     args = parser.parse_args()
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     if args.micro:
         micro(load_other_lrn(args.compare_with) if args.compare_with else None, fmt=fmt, forward_only=args.forward_only)
         return
-    doc = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(), "results": []}
+    doc = {
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "results": [],
+    }
     for key in args.only or ["cifar", "imagenet"]:
         other = load_other_lrn(args.compare_with) if args.compare_with else None
         doc["results"].append(measure(key, args.rounds, args.steps if key == "cifar" else 1, other, fmt))

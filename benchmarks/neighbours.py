@@ -21,8 +21,8 @@ import statistics
 import time
 
 import torch
-
 from _common import wait_for_idle
+
 from testbed import plugins
 from testbed.neighbours import fc7_features, nearest
 
@@ -41,8 +41,14 @@ def search(bank_size: int, width: int, queries: int, rounds: int) -> dict:
     for _ in range(rounds):
         ours.append(timed(lambda: nearest(q, bank, 6)))
         cdist.append(timed(lambda: torch.cdist(q, bank).topk(6, largest=False)))
-    return {"bank": bank_size, "width": width, "queries": queries, "testbed_s": statistics.median(ours),
-            "cdist_s": statistics.median(cdist), "bank_mb": bank.numel() * 4 / 2**20}
+    return {
+        "bank": bank_size,
+        "width": width,
+        "queries": queries,
+        "testbed_s": statistics.median(ours),
+        "cdist_s": statistics.median(cdist),
+        "bank_mb": bank.numel() * 4 / 2**20,
+    }
 
 
 def features(images: int, batch: int) -> dict:
@@ -51,8 +57,11 @@ def features(images: int, batch: int) -> dict:
     from testbed.experiment import build_experiment
 
     registry = plugins.registry()
-    config = {"name": "bench", "data": {"dataset": "synthetic", "train_size": images, "test_size": 10, "preprocess": "standardize"},
-              "model": {"geometry": "cifar", "width": 0.25, "init": "kaiming"}}
+    config = {
+        "name": "bench",
+        "data": {"dataset": "synthetic", "train_size": images, "test_size": 10, "preprocess": "standardize"},
+        "model": {"geometry": "cifar", "width": 0.25, "init": "kaiming"},
+    }
     variant = build_experiment(config, registry, "bench.toml").baseline
     data = load_dataset(variant.config["data"], registry)
     from testbed.model import build_model
@@ -77,11 +86,15 @@ def main() -> None:
         out["search"].append(search(args.bank, width, 6, args.rounds))
     out["features"] = features(args.feature_images, args.batch)
     for s in out["search"]:
-        print(f"search: {s['queries']} queries x {s['bank']:,} x {s['width']} ({s['bank_mb']:.0f} MB bank): "
-              f"testbed {1000 * s['testbed_s']:.0f} ms, cdist+topk {1000 * s['cdist_s']:.0f} ms (median of {args.rounds})")
+        print(
+            f"search: {s['queries']} queries x {s['bank']:,} x {s['width']} ({s['bank_mb']:.0f} MB bank): "
+            f"testbed {1000 * s['testbed_s']:.0f} ms, cdist+topk {1000 * s['cdist_s']:.0f} ms (median of {args.rounds})"
+        )
     f = out["features"]
-    print(f"features: fc7 of {f['images']:,} images (width 0.25, 32 px) in {f['seconds']:.1f} s = {f['images_per_s']:.0f} images/s "
-          f"-> {f['for_50000_s']:.0f} s for 50,000")
+    print(
+        f"features: fc7 of {f['images']:,} images (width 0.25, 32 px) in {f['seconds']:.1f} s = {f['images_per_s']:.0f} images/s "
+        f"-> {f['for_50000_s']:.0f} s for 50,000"
+    )
     print(json.dumps(out))
 
 

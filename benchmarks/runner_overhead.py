@@ -75,8 +75,20 @@ def testbed_command(toml: Path, out: Path) -> list[str]:
 
 
 def plain_command(args, lrn: str) -> list[str]:
-    return [sys.executable, str(HERE / "plain_alexnet.py"), "--train", str(args.train), "--test", str(args.test),
-            "--batch", str(args.batch), "--epochs", "1", "--lrn", lrn]
+    return [
+        sys.executable,
+        str(HERE / "plain_alexnet.py"),
+        "--train",
+        str(args.train),
+        "--test",
+        str(args.test),
+        "--batch",
+        str(args.batch),
+        "--epochs",
+        "1",
+        "--lrn",
+        lrn,
+    ]
 
 
 def timed(cmd: list[str]) -> tuple[float, str]:
@@ -116,20 +128,34 @@ PHASES = {
     ("results.py", "summarize"): "    results summary",
     ("cli.py", "_finish"): "  printing the result",
 }
-IMPORTS = ("torch", "torch._dynamo", "torchvision", "matplotlib", "matplotlib.pyplot", "rich", "click", "pluggy", "sqlite3",
-           "testbed.cli", "testbed.runner", "testbed.plots", "testbed_builtins")
+IMPORTS = (
+    "torch",
+    "torch._dynamo",
+    "torchvision",
+    "matplotlib",
+    "matplotlib.pyplot",
+    "rich",
+    "click",
+    "pluggy",
+    "sqlite3",
+    "testbed.cli",
+    "testbed.runner",
+    "testbed.plots",
+    "testbed_builtins",
+)
 
 
 def profile(toml: Path, work: Path, top: int) -> None:
     """What one `testbed run` spends: its imports (-X importtime, lazy ones included) and its
     phases (cProfile, cumulative seconds)."""
     base = ["run", str(toml), "--device", "cpu", "--json", "--quiet", "--out"]
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "testbed", *base, str(work / "importtime")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "testbed", *base, str(work / "importtime")], capture_output=True, text=True
+    )
     cumulative = {}
     for line in proc.stderr.splitlines():
         if line.startswith("import time:") and line.count("|") == 2:
-            _self, cum, name = (part.strip() for part in line[len("import time:"):].split("|"))
+            _self, cum, name = (part.strip() for part in line[len("import time:") :].split("|"))
             if cum.isdigit():
                 cumulative[name] = int(cum) / 1e6
     print("\nimports inside one `testbed run` (-X importtime, cumulative seconds, counted where first imported):")
@@ -157,8 +183,10 @@ def profile(toml: Path, work: Path, top: int) -> None:
 
 def report(args, walls: dict, cpus: dict, inner: dict, startup: float) -> None:
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; `python -c 'import torch'` takes {startup:.2f} s")
-    print(f"whole-process wall time over {args.rounds} alternating rounds ({args.train} train / {args.test} test images, "
-          f"227 px, batch {args.batch}, 1 epoch); median and best (the best is the least disturbed by other load):")
+    print(
+        f"whole-process wall time over {args.rounds} alternating rounds ({args.train} train / {args.test} test images, "
+        f"227 px, batch {args.batch}, 1 epoch); median and best (the best is the least disturbed by other load):"
+    )
     for name, ts in walls.items():
         extra = f"   (its training loop: median {statistics.median(inner[name]):.2f} s)" if inner[name] else ""
         runs = ", ".join(f"{t:.2f}" for t in ts)
@@ -171,9 +199,11 @@ def report(args, walls: dict, cpus: dict, inner: dict, startup: float) -> None:
         if name != "testbed run":
             tb = walls["testbed run"]
             pairs = [a / b for a, b in zip(tb, ts)]
-            print(f"  vs {name}: wall: ratio of medians {statistics.median(tb) / statistics.median(ts):.3f}, "
-                  f"of bests {min(tb) / min(ts):.3f}, median per-round ratio {statistics.median(pairs):.3f}; "
-                  f"CPU: ratio of medians {statistics.median(cpus['testbed run']) / statistics.median(cpus[name]):.3f}")
+            print(
+                f"  vs {name}: wall: ratio of medians {statistics.median(tb) / statistics.median(ts):.3f}, "
+                f"of bests {min(tb) / min(ts):.3f}, median per-round ratio {statistics.median(pairs):.3f}; "
+                f"CPU: ratio of medians {statistics.median(cpus['testbed run']) / statistics.median(cpus[name]):.3f}"
+            )
 
 
 def main() -> None:

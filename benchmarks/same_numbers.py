@@ -32,9 +32,22 @@ RUNS = {
     "experiments/lrn-cifar.toml": SMALL,
     "experiments/relu-vs-tanh.toml": SMALL,
     "experiments/paper-imagenet.toml": [
-        "--set", "data.dataset=synthetic", "--set", "data.classes=10", "--set", "data.train_size=64",
-        "--set", "data.test_size=20", "--set", "train.epochs=1", "--set", "train.batch_size=16",
-        "--set", "model.width=0.125", "--seeds", "1",
+        "--set",
+        "data.dataset=synthetic",
+        "--set",
+        "data.classes=10",
+        "--set",
+        "data.train_size=64",
+        "--set",
+        "data.test_size=20",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "model.width=0.125",
+        "--seeds",
+        "1",
     ],
 }
 TIMINGS = {"train_s", "eval_s", "images_per_s", "train_images_per_s", "time_to_target_s", "train_time_s"}
@@ -42,7 +55,11 @@ TIMINGS = {"train_s", "eval_s", "images_per_s", "train_images_per_s", "time_to_t
 
 def dump(out: Path, python: str, only: list[str], extra_args: list[str] = ()) -> None:
     result = {}
-    env = {**os.environ, "TESTBED_DISABLE_PLUGIN_AUTOLOAD": "1", "TESTBED_DATA": str(Path(os.environ.get("TESTBED_DATA", REPO.parent / "shared" / "datasets")).resolve())}
+    env = {
+        **os.environ,
+        "TESTBED_DISABLE_PLUGIN_AUTOLOAD": "1",
+        "TESTBED_DATA": str(Path(os.environ.get("TESTBED_DATA", REPO.parent / "shared" / "datasets")).resolve()),
+    }
     for file, extra in RUNS.items():
         if only and not any(o in file for o in only):
             continue
@@ -53,7 +70,9 @@ def dump(out: Path, python: str, only: list[str], extra_args: list[str] = ()) ->
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)  # not REPO: -m would import its testbed
             if proc.returncode not in (0, 1):
                 sys.exit(f"{file}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
-            report = subprocess.run([python, "-m", "testbed", "report", str(run_dir), "--json"], capture_output=True, text=True, env=env, cwd=tmp)
+            report = subprocess.run(
+                [python, "-m", "testbed", "report", str(run_dir), "--json"], capture_output=True, text=True, env=env, cwd=tmp
+            )
             doc = json.loads(report.stdout)
             result[file] = {
                 "variants": {
@@ -71,7 +90,9 @@ def _epochs(run_dir: Path) -> list:
 
     db = sqlite3.connect(run_dir / "results.sqlite")
     db.row_factory = sqlite3.Row
-    rows = db.execute("SELECT variant, seed, epoch, train_loss, train_error, test_top1, test_top5, lr FROM epochs ORDER BY variant, seed, epoch")
+    rows = db.execute(
+        "SELECT variant, seed, epoch, train_loss, train_error, test_top1, test_top5, lr FROM epochs ORDER BY variant, seed, epoch"
+    )
     return [dict(r) for r in rows]
 
 
@@ -107,8 +128,14 @@ def main() -> None:
     d.add_argument("out", type=Path)
     d.add_argument("--python", default=sys.executable, help="the interpreter of the testbed installation to run")
     d.add_argument("--only", nargs="*", default=[], help="only files whose path contains one of these")
-    d.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="an extra --set for every run (e.g. to keep an older default: train.seed_varies=[...])")
+    d.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra --set for every run (e.g. to keep an older default: train.seed_varies=[...])",
+    )
     c = sub.add_parser("compare", help="compare two dumps exactly")
     c.add_argument("a", type=Path)
     c.add_argument("b", type=Path)

@@ -83,8 +83,14 @@ def run_once(toml: Path, out: Path, threads: int, code: str | None) -> dict:
     eval_s = sum(r["eval_s"] for r in history)
     images = sum(r["images"] for r in history)
     json.loads(stdout)  # one document, as --json promises
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "train_s": train_s, "eval_s": eval_s,
-            "other_s": wall - train_s - eval_s, "train_images_per_s": images / train_s}
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "train_s": train_s,
+        "eval_s": eval_s,
+        "other_s": wall - train_s - eval_s,
+        "train_images_per_s": images / train_s,
+    }
 
 
 def main() -> None:
@@ -104,29 +110,48 @@ def main() -> None:
     files = {}
     for norm in ("lrn", "none"):
         files[norm] = work / f"{norm}.toml"
-        files[norm].write_text(EXPERIMENT.format(
-            dataset=args.dataset, image_size='image_size = 32\n' if args.dataset == "synthetic" else "",
-            train=args.train_size, test=args.test_size, normalization=norm, epochs=args.epochs, batch=args.batch,
-            eval_batch=args.eval_batch))
+        files[norm].write_text(
+            EXPERIMENT.format(
+                dataset=args.dataset,
+                image_size="image_size = 32\n" if args.dataset == "synthetic" else "",
+                train=args.train_size,
+                test=args.test_size,
+                normalization=norm,
+                epochs=args.epochs,
+                batch=args.batch,
+                eval_batch=args.eval_batch,
+            )
+        )
     results: dict[str, list[dict]] = {"lrn": [], "none": []}
     for r in range(args.rounds):
-        for norm in (("lrn", "none") if r % 2 == 0 else ("none", "lrn")):
+        for norm in ("lrn", "none") if r % 2 == 0 else ("none", "lrn"):
             wait_for_idle(10.0)
             results[norm].append(run_once(files[norm], work / f"run-{norm}", args.threads, args.code))
             m = results[norm][-1]
-            print(f"  round {r + 1}/{args.rounds} {norm:<4}: wall {m['wall_s']:.1f} s, cpu {m['cpu_s']:.1f} s, "
-                  f"train {m['train_s']:.1f} s, eval {m['eval_s']:.1f} s", file=sys.stderr)
+            print(
+                f"  round {r + 1}/{args.rounds} {norm:<4}: wall {m['wall_s']:.1f} s, cpu {m['cpu_s']:.1f} s, "
+                f"train {m['train_s']:.1f} s, eval {m['eval_s']:.1f} s",
+                file=sys.stderr,
+            )
     keys = ("wall_s", "cpu_s", "train_s", "eval_s", "other_s", "train_images_per_s")
     medians = {n: {k: statistics.median(m[k] for m in ms) for k in keys} for n, ms in results.items()}
     ratios = {k: medians["lrn"][k] / medians["none"][k] for k in keys if k != "train_images_per_s"}
-    doc = {"machine": platform.processor() or platform.machine(), "threads": args.threads, "rounds": args.rounds,
-           "setup": vars(args), "median": medians, "lrn_over_none": ratios,
-           "load_average": os.getloadavg()}
+    doc = {
+        "machine": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "setup": vars(args),
+        "median": medians,
+        "lrn_over_none": ratios,
+        "load_average": os.getloadavg(),
+    }
     if args.json:
         print(json.dumps(doc, indent=2))
         return
-    print(f"whole `testbed run`, {args.dataset} {args.train_size}+{args.test_size} images, {args.epochs} epoch(s), "
-          f"batch {args.batch}, ten-crop, {args.threads} thread(s); median of {args.rounds} alternating rounds")
+    print(
+        f"whole `testbed run`, {args.dataset} {args.train_size}+{args.test_size} images, {args.epochs} epoch(s), "
+        f"batch {args.batch}, ten-crop, {args.threads} thread(s); median of {args.rounds} alternating rounds"
+    )
     print(f"  {'':<6}" + "".join(f"{k:>12}" for k in keys[:-1]) + f"{'train img/s':>13}")
     for n in ("lrn", "none"):
         print(f"  {n:<6}" + "".join(f"{medians[n][k]:>12.2f}" for k in keys[:-1]) + f"{medians[n]['train_images_per_s']:>13.0f}")

@@ -45,8 +45,9 @@ def image_keys(images: torch.Tensor) -> np.ndarray:
     """A 64-bit fingerprint of each uint8 image [N, 3, S, S]: seeds evaluated on different test
     subsets (train.seed_varies with subset) are ensembled over the images they share."""
     flat = images.reshape(len(images), -1).numpy()
-    return np.array([int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little", signed=True) for row in flat],
-                    dtype=np.int64)
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little", signed=True) for row in flat], dtype=np.int64
+    )
 
 
 def save_outputs(path: Path, probabilities: torch.Tensor, labels: torch.Tensor, views: str, keys: np.ndarray | None = None) -> None:
@@ -58,8 +59,13 @@ def save_outputs(path: Path, probabilities: torch.Tensor, labels: torch.Tensor, 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
-        np.savez(f, probabilities=probabilities.detach().float().cpu().numpy().astype(np.float16),
-                 labels=labels.detach().cpu().numpy().astype(np.int32), keys=keys, views=np.array(views))
+        np.savez(
+            f,
+            probabilities=probabilities.detach().float().cpu().numpy().astype(np.float16),
+            labels=labels.detach().cpu().numpy().astype(np.int32),
+            keys=keys,
+            views=np.array(views),
+        )
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -67,8 +73,12 @@ def save_outputs(path: Path, probabilities: torch.Tensor, labels: torch.Tensor, 
 
 def load_outputs(path: Path) -> dict:
     with np.load(path) as f:
-        return {"probabilities": f["probabilities"].astype(np.float32), "labels": f["labels"].astype(np.int64),
-                "keys": f["keys"], "views": str(f["views"])}
+        return {
+            "probabilities": f["probabilities"].astype(np.float32),
+            "labels": f["labels"].astype(np.int64),
+            "keys": f["keys"],
+            "views": str(f["views"]),
+        }
 
 
 def topk_errors(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -96,8 +106,14 @@ def ensemble(outputs: list[dict]) -> dict | None:
     labels = aligned[0][1]
     singles = [topk_errors(p, y) for p, y in aligned]
     top1, top5 = topk_errors(np.mean([p for p, _ in aligned], axis=0), labels)
-    return {"images": len(labels), "views": outputs[0]["views"], "top1_error": top1, "top5_error": top5,
-            "single_top1_error": statistics.fmean(s[0] for s in singles), "single_top5_error": statistics.fmean(s[1] for s in singles)}
+    return {
+        "images": len(labels),
+        "views": outputs[0]["views"],
+        "top1_error": top1,
+        "top5_error": top5,
+        "single_top1_error": statistics.fmean(s[0] for s in singles),
+        "single_top5_error": statistics.fmean(s[1] for s in singles),
+    }
 
 
 def update_ensembles(store, run_dir: Path, finished: dict[str, list[dict]]) -> dict[str, dict]:
@@ -125,9 +141,19 @@ def store_ensembles(db, ensembles: dict[str, dict], variants: list[str]) -> None
         db.execute("DELETE FROM ensembles WHERE variant = ?", (variant,))
         e = ensembles.get(variant)
         if e is not None:
-            db.execute("INSERT INTO ensembles VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (variant, json.dumps(e["seeds"]), e["images"], e["views"], e["top1_error"], e["top5_error"],
-                        e["single_top1_error"], e["single_top5_error"]))
+            db.execute(
+                "INSERT INTO ensembles VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    variant,
+                    json.dumps(e["seeds"]),
+                    e["images"],
+                    e["views"],
+                    e["top1_error"],
+                    e["top5_error"],
+                    e["single_top1_error"],
+                    e["single_top5_error"],
+                ),
+            )
     db.commit()
 
 
@@ -169,8 +195,11 @@ def summarize_colourfulness(jobs: list[dict]) -> dict | None:
     if not scores:
         return None
     towers = max(len(s) for s in scores.values())
-    out = {"seeds": sorted(scores), "by_seed": scores,
-           "towers": [spread([s[t] for s in scores.values() if len(s) > t]) for t in range(towers)]}
+    out = {
+        "seeds": sorted(scores),
+        "by_seed": scores,
+        "towers": [spread([s[t] for s in scores.values() if len(s) > t]) for t in range(towers)],
+    }
     if towers == 2:
         out["gap"] = spread([max(s) - min(s) for s in scores.values()])
         out["a_minus_b"] = spread([s[0] - s[1] for s in scores.values()])
@@ -223,12 +252,24 @@ def divisor_statistics(d: torch.Tensor, resting: float) -> dict:
     """The divisor's distribution, and how far it is from the constant ``resting``: ``cv`` (std /
     mean; 0: LRN is a fixed rescaling) and ``mean_excess`` (mean of d / resting - 1)."""
     d = d.double()
-    qs = torch.quantile(d[torch.randperm(len(d), generator=torch.Generator().manual_seed(0))[:1_000_000]],
-                        torch.tensor([0.01, 0.5, 0.99], dtype=torch.float64))
+    qs = torch.quantile(
+        d[torch.randperm(len(d), generator=torch.Generator().manual_seed(0))[:1_000_000]],
+        torch.tensor([0.01, 0.5, 0.99], dtype=torch.float64),
+    )
     mean = float(d.mean())
-    return {"resting": resting, "mean": mean, "std": float(d.std()) if len(d) > 1 else 0.0, "min": float(d.min()),
-            "p01": float(qs[0]), "median": float(qs[1]), "p99": float(qs[2]), "max": float(d.max()),
-            "cv": float(d.std() / mean) if len(d) > 1 else 0.0, "mean_excess": mean / resting - 1, "elements": len(d)}
+    return {
+        "resting": resting,
+        "mean": mean,
+        "std": float(d.std()) if len(d) > 1 else 0.0,
+        "min": float(d.min()),
+        "p01": float(qs[0]),
+        "median": float(qs[1]),
+        "p99": float(qs[2]),
+        "max": float(d.max()),
+        "cv": float(d.std() / mean) if len(d) > 1 else 0.0,
+        "mean_excess": mean / resting - 1,
+        "elements": len(d),
+    }
 
 
 def measure_divisors(model: torch.nn.Module, pipeline, batch_size: int, precision: str) -> dict:
@@ -268,8 +309,10 @@ def chance_problem(job: dict, epochs: list[dict], config: dict, classes: int) ->
     if len(rows) < AT_CHANCE_AFTER or rows[-1]["train_error"] is None or not at_chance(rows[-1]["train_error"], classes):
         return None
     last = rows[-1]
-    message = (f"at chance: training error {100 * last['train_error']:.1f}% after {last['epoch']} epochs "
-               f"(chance {100 * (1 - 1 / classes):.0f}%); {diagnosis(rows)}; {suggestion(config)}")
+    message = (
+        f"at chance: training error {100 * last['train_error']:.1f}% after {last['epoch']} epochs "
+        f"(chance {100 * (1 - 1 / classes):.0f}%); {diagnosis(rows)}; {suggestion(config)}"
+    )
     return {"seed": job["seed"], "status": "at-chance", "message": message, "plugin": None, "epoch": last["epoch"], "step": None}
 
 
@@ -282,8 +325,11 @@ def diagnosis(rows: list[dict]) -> str:
     if not dead:
         worst = max(last, key=last.get)
         return f"no activation layer saturated (the most: {worst} {100 * last[worst]:.0f}% in the flat part at epoch {rows[-1]['epoch']})"
-    parts = [f"{name}: {100 * last[name]:.0f}% of outputs in the flat part (zero for ReLU) at epoch {rows[-1]['epoch']}"
-             + (f", {100 * first[name]:.0f}% after epoch {rows[0]['epoch']}" if name in first else "") for name in dead]
+    parts = [
+        f"{name}: {100 * last[name]:.0f}% of outputs in the flat part (zero for ReLU) at epoch {rows[-1]['epoch']}"
+        + (f", {100 * first[name]:.0f}% after epoch {rows[0]['epoch']}" if name in first else "")
+        for name in dead
+    ]
     return "; ".join(parts)
 
 
@@ -296,8 +342,10 @@ def suggestion(config: dict) -> str:
         changes.append('data.preprocess = "standardize"')
     if not changes:
         return "try a smaller train.optimizer lr, or a different schedule"
-    return ("try " + " with ".join(changes) + " (they train at 32 px and width 0.25, where the paper's N(0, 0.01) init "
-            "on 0-255 inputs stays at chance: docs/analyses.md)")
+    return (
+        "try " + " with ".join(changes) + " (they train at 32 px and width 0.25, where the paper's N(0, 0.01) init "
+        "on 0-255 inputs stays at chance: docs/analyses.md)"
+    )
 
 
 # Measured (docs: /work/notes/readme-analyses.md, tests/test_analyses.py): the paper's defaults,
@@ -310,12 +358,18 @@ def known_not_to_train(config: dict, geometry: str) -> str | None:
     """A warning for a variant whose geometry, width, init and preprocessing were measured to stay
     at chance (UNTRAINABLE); None otherwise."""
     model, rule = config["model"], UNTRAINABLE
-    if (geometry != rule["geometry"] or model["width"] > rule["max_width"] or model["init"]["name"] not in rule["init"]
-            or config["data"]["preprocess"]["name"] not in rule["preprocess"]):
+    if (
+        geometry != rule["geometry"]
+        or model["width"] > rule["max_width"]
+        or model["init"]["name"] not in rule["init"]
+        or config["data"]["preprocess"]["name"] not in rule["preprocess"]
+    ):
         return None
-    return (f"model.init = {model['init']['name']!r} with data.preprocess = {config['data']['preprocess']['name']!r} at the "
-            f"{geometry} geometry and width {model['width']:g} is known not to train (it stays at chance); "
-            'set model.init = "kaiming" and data.preprocess = "standardize", as experiments/smoke.toml does')
+    return (
+        f"model.init = {model['init']['name']!r} with data.preprocess = {config['data']['preprocess']['name']!r} at the "
+        f"{geometry} geometry and width {model['width']:g} is known not to train (it stays at chance); "
+        'set model.init = "kaiming" and data.preprocess = "standardize", as experiments/smoke.toml does'
+    )
 
 
 def chance_problems(variant, jobs: list[dict], epochs: list[dict]) -> list[dict]:

@@ -52,7 +52,9 @@ def optimizer_params(train_cfg: dict, built: BuiltModel) -> list:
     names = {name for name, _ in layers}
     for name in per_layer:
         if name not in names:
-            raise BadInput(f"train.layer_weight_decay.{name}: no weight layer of that name; layers: {', '.join(dict.fromkeys(n for n, _ in layers))}")
+            raise BadInput(
+                f"train.layer_weight_decay.{name}: no weight layer of that name; layers: {', '.join(dict.fromkeys(n for n, _ in layers))}"
+            )
     groups, grouped = [], set()
     for name, module in layers:
         weight_group = {"params": [module.weight], "layer": name}
@@ -133,8 +135,9 @@ def stand_in_data(data_cfg: dict, image_size: int, classes: int) -> StreamingDat
     classes, the training set's size if the file gives it, and neutral statistics."""
     stats = DataStats(torch.zeros(3, image_size, image_size), torch.zeros(3), torch.ones(3), torch.zeros(3), torch.eye(3))
     train = data_cfg["train_size"] or 2**31 - 1
-    return StreamingData(range(train), range(data_cfg["test_size"] or 1), [f"class{c}" for c in range(classes)], image_size,
-                         workers=0, _stats=stats)
+    return StreamingData(
+        range(train), range(data_cfg["test_size"] or 1), [f"class{c}" for c in range(classes)], image_size, workers=0, _stats=stats
+    )
 
 
 def autocast(precision: str, device: torch.device):

@@ -45,9 +45,9 @@ import torch.nn.functional as F
 from rich.markup import escape
 from torch import nn
 
+from testbed.assembly import build_for_training, build_pipeline, make_optimizer
 from testbed.data import InMemoryData, StreamingData, augmentation_generator, center_crop, workers_needed
 from testbed.model import build_model
-from testbed.assembly import build_for_training, build_pipeline, make_optimizer
 from testbed.seeding import seed_everything
 from testbed.train import train_step
 
@@ -112,7 +112,6 @@ def measure_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32
     b = torch.randn(n, n, device=device, generator=gen).to(dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
     matmul = best(lambda: torch.matmul(a, b, out=out), 2.0 * n**3)
-    del a, b, out
     batch, channels, side = (8, 256, 32) if cpu else (64, 256, 56)
     x = torch.randn(batch, channels, side, side, device=device, generator=gen).to(dtype)
     w = torch.randn(channels, channels, 3, 3, device=device, generator=gen).to(dtype)
@@ -156,8 +155,21 @@ class Memory:
 # ---------------------------------------------------------------------------- FLOPs
 
 
-def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                         _output_padding, _groups, output_mask, out_shape=None, **_kwargs) -> int:
+def _conv_backward_flops(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    _groups,
+    output_mask,
+    out_shape=None,
+    **_kwargs,
+) -> int:
     """One forward's worth for each gradient the backward computes (input, weight). The weight
     shape already holds in_channels / groups, so this is right for grouped convolutions too."""
     from torch.utils.flop_counter import conv_flop_count
@@ -273,8 +285,10 @@ class VariantBench:
         self.flops = count_flops(model, self.x[: min(2, len(self.x))])
         model.train()
         if console is not None:
-            console.print(f"bench {escape(self.name)}: {self.plan.geometry} {self.plan.input_size} px, batch {self.batch_size}, "
-                          f"{self.flops['train'] / 1e9:.3f} GFLOP/image (train); warming up")
+            console.print(
+                f"bench {escape(self.name)}: {self.plan.geometry} {self.plan.input_size} px, batch {self.batch_size}, "
+                f"{self.flops['train'] / 1e9:.3f} GFLOP/image (train); warming up"
+            )
         for _ in range(WARMUP_STEPS_COMPILED if train_cfg["compile"] else WARMUP_STEPS):
             self.step()
         synchronize(self.device)
@@ -420,12 +434,18 @@ def bench_experiment(experiment, registry, data: dict, device, steps: int = 20, 
         raise BadInput(f"--steps {steps}: expected at least 1")
     precisions = sorted({v.config["train"]["precision"] for v in experiment.variants})
     if console is not None:
-        console.print(f"bench: measuring the peak ({'/'.join(precisions)} matmul and convolution on {device}, {torch.get_num_threads()} threads)")
+        console.print(
+            f"bench: measuring the peak ({'/'.join(precisions)} matmul and convolution on {device}, {torch.get_num_threads()} threads)"
+        )
     peaks = Peaks(device, precisions)
     sizes = _chunk_sizes(steps)
     interleaved = sum(_state_bytes(v, registry, data[v.name]) for v in experiment.variants) <= KEEP_BYTES
     benches = [VariantBench(v, registry, data[v.name], device, console) for v in experiment.variants] if interleaved else []
-    timed = _time_interleaved(benches, sizes, peaks) if interleaved else _time_one_by_one(experiment, registry, data, device, sizes, peaks, console)
+    timed = (
+        _time_interleaved(benches, sizes, peaks)
+        if interleaved
+        else _time_one_by_one(experiment, registry, data, device, sizes, peaks, console)
+    )
     peaks.finish()
     records = {}
     for vb in timed:
@@ -465,11 +485,15 @@ def _time_one_by_one(experiment, registry, data, device, sizes, peaks: Peaks, co
 
 
 def _document(experiment, device, steps, sizes, interleaved, peaks: Peaks, variants, timed) -> dict:
-    timing = (f"{steps} timed steps per variant after {WARMUP_STEPS} warm-up steps, on one fixed batch already on the device, "
-              f"in {len(sizes)} chunks of which the fastest counts; the pipeline and the augmentations timed the same way, "
-              f"chunk beside chunk; " + ("chunks interleaved across variants" if interleaved else "variants timed one after another"))
+    timing = (
+        f"{steps} timed steps per variant after {WARMUP_STEPS} warm-up steps, on one fixed batch already on the device, "
+        f"in {len(sizes)} chunks of which the fastest counts; the pipeline and the augmentations timed the same way, "
+        f"chunk beside chunk; " + ("chunks interleaved across variants" if interleaved else "variants timed one after another")
+    )
     by_precision = {p: peaks.peak(p) for p in peaks.precisions}
-    memory = timed[-1].memory_note + ("; the variants built before it stay alive (their steps are timed interleaved)" if interleaved and len(timed) > 1 else "")
+    memory = timed[-1].memory_note + (
+        "; the variants built before it stay alive (their steps are timed interleaved)" if interleaved and len(timed) > 1 else ""
+    )
     return {
         "experiment": experiment.name,
         "device": str(device),
@@ -497,8 +521,10 @@ def _warn_if_noisy(doc: dict, device, console) -> None:
     if console is None:
         return
     if max(doc["noise"].values()) > NOISY:
-        console.print(f"[yellow]bench: timings varied by more than {100 * (NOISY - 1):.0f}% between chunks or between the peak "
-                      f"measurements: something else was running; compare ratios only from a quiet rerun[/yellow]")
+        console.print(
+            f"[yellow]bench: timings varied by more than {100 * (NOISY - 1):.0f}% between chunks or between the peak "
+            f"measurements: something else was running; compare ratios only from a quiet rerun[/yellow]"
+        )
     if device.type == "cpu" and doc["threads"] != doc["physical_cores"]:
         console.print(f"[yellow]bench: torch uses {doc['threads']} threads on {doc['physical_cores']} physical cores[/yellow]")
 
@@ -518,9 +544,47 @@ def _report(console, r: dict) -> None:
         f"bench {escape(r['name'])}: step {r['step_ms']:.1f} ms ({r['train_images_per_s']:.0f} img/s), data "
         f"{r['data_ms']:.2f} ms ({100 * r['data_fraction_of_step']:.1f}% of a step), "
         f"{r['achieved_gflops']:.1f} GFLOP/s = {100 * r['utilisation']:.1f}% of peak; the loop is limited by the {r['limited_by']}"
-        + (f"; decoding {r['decode_images_per_s_per_core']:.0f} img/s per core: {r['workers_needed']} worker(s) feed this step, "
-           f"{r['workers']} configured" if r["workers_needed"] else "")
+        + (
+            f"; decoding {r['decode_images_per_s_per_core']:.0f} img/s per core: {r['workers_needed']} worker(s) feed this step, "
+            f"{r['workers']} configured"
+            if r["workers_needed"]
+            else ""
+        )
     )
+
+
+def _num(value, fmt):
+    return "-" if value is None else format(value, fmt)
+
+
+def bench_row(r: dict, streaming: bool) -> list[str]:
+    """One variant's cells of the bench table."""
+    num = _num
+    return [
+        r["name"],
+        str(r["batch_size"]),
+        num(r["step_ms"], ".1f"),
+        num(r["train_images_per_s"], ".0f"),
+        num(r.get("step_time_vs_baseline"), ".2f") + "x",
+        num(r["data_images_per_s"], ".0f"),
+        num(100 * r["data_fraction_of_step"], ".1f"),
+        "-" if r["augment_fraction_of_step"] is None else num(100 * r["augment_fraction_of_step"], ".1f"),
+        num(r["loop_images_per_s"], ".0f"),
+        num(100 * r["data_fraction_in_loop"], ".1f"),
+        *(
+            [
+                num(r["decode_images_per_s_per_core"], ".0f"),
+                "-" if r["workers_needed"] is None else f"{r['workers']}/{r['workers_needed']}",
+            ]
+            if streaming
+            else []
+        ),
+        num(r["gflops_per_image"], ".4f"),
+        num(r["train_gflops_per_image"], ".4f"),
+        num(r["achieved_gflops"], ".1f"),
+        num(100 * r["utilisation"], ".1f") + "%",
+        num(r["peak_memory_mb"], ".0f"),
+    ]
 
 
 def render_bench(doc: dict, console) -> None:
@@ -530,34 +594,32 @@ def render_bench(doc: dict, console) -> None:
     if not console.is_terminal and not console.record and console.width < 220:  # a file or a log: the whole table
         console = Console(file=console.file, width=max(console.width, 220))
 
-    def num(value, fmt):
-        return "-" if value is None else format(value, fmt)
-
     streaming = any(r.get("decode_images_per_s_per_core") for r in doc["variants"])  # a loader that decodes files
     table = Table(
         title=f"{doc['experiment']}: training-step and data-pipeline throughput on {doc['device']} ({doc['device_name']})",
         title_justify="left",
     )
     for name, justify in [
-        ("variant", "left"), ("batch", "right"), ("step ms", "right"), ("train img/s", "right"), ("vs baseline", "right"),
-        ("data img/s", "right"), ("data % of step", "right"), ("augment % of step", "right"), ("loop img/s", "right"),
-        ("data % in loop", "right"), *([("decode img/s/core", "right"), ("workers have/need", "right")] if streaming else []),
+        ("variant", "left"),
+        ("batch", "right"),
+        ("step ms", "right"),
+        ("train img/s", "right"),
+        ("vs baseline", "right"),
+        ("data img/s", "right"),
+        ("data % of step", "right"),
+        ("augment % of step", "right"),
+        ("loop img/s", "right"),
+        ("data % in loop", "right"),
+        *([("decode img/s/core", "right"), ("workers have/need", "right")] if streaming else []),
         ("GFLOP/img fwd", "right"),
-        ("GFLOP/img train", "right"), ("GFLOP/s", "right"), ("utilisation", "right"), ("peak MB", "right"),
+        ("GFLOP/img train", "right"),
+        ("GFLOP/s", "right"),
+        ("utilisation", "right"),
+        ("peak MB", "right"),
     ]:
         table.add_column(name, justify=justify, no_wrap=True)
     for r in doc["variants"]:
-        table.add_row(
-            r["name"], str(r["batch_size"]), num(r["step_ms"], ".1f"), num(r["train_images_per_s"], ".0f"),
-            num(r.get("step_time_vs_baseline"), ".2f") + "x", num(r["data_images_per_s"], ".0f"),
-            num(100 * r["data_fraction_of_step"], ".1f"),
-            "-" if r["augment_fraction_of_step"] is None else num(100 * r["augment_fraction_of_step"], ".1f"),
-            num(r["loop_images_per_s"], ".0f"), num(100 * r["data_fraction_in_loop"], ".1f"),
-            *([num(r["decode_images_per_s_per_core"], ".0f"),
-               "-" if r["workers_needed"] is None else f"{r['workers']}/{r['workers_needed']}"] if streaming else []),
-            num(r["gflops_per_image"], ".4f"), num(r["train_gflops_per_image"], ".4f"), num(r["achieved_gflops"], ".1f"),
-            num(100 * r["utilisation"], ".1f") + "%", num(r["peak_memory_mb"], ".0f"),
-        )
+        table.add_row(*bench_row(r, streaming))
     console.print(table)
     console.print(
         f"peak {doc['peak_gflops']:.1f} GFLOP/s (best of a large fp32 matmul and 3x3 convolution: "

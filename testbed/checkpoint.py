@@ -113,7 +113,8 @@ def load(path: Path, expect: dict | None = None) -> dict:
             theirs = f"variant {state.get('variant')!r}, seed {state.get('seed')!r}"
             raise UnsafeCheckpoint(
                 f"{path}: refused: a checkpoint of another job ({theirs}; its {', '.join(mismatched)} differs from this job's). "
-                f"Nothing was loaded. Delete it to restart this job from scratch")
+                f"Nothing was loaded. Delete it to restart this job from scratch"
+            )
     return state
 
 

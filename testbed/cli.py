@@ -17,8 +17,10 @@ from testbed import __version__, plugins
 from testbed.errors import BadInput, PluginFailure
 from testbed.faults import phase
 
-EPILOG = ("Docs: README.md, docs/writing-plugins.md, docs/architecture.md. Exit codes: 0 done, 1 a variant failed or diverged, "
-          "2 bad input, 130 interrupted (Ctrl-C or SIGTERM; `testbed resume DIR` continues).")
+EPILOG = (
+    "Docs: README.md, docs/writing-plugins.md, docs/architecture.md. Exit codes: 0 done, 1 a variant failed or diverged, "
+    "2 bad input, 130 interrupted (Ctrl-C or SIGTERM; `testbed resume DIR` continues)."
+)
 INTERRUPTED = 130
 
 
@@ -73,7 +75,9 @@ def guarded(fn):
             message = "interrupted" + (f"; continue with: testbed resume {run_dir}" if run_dir else "")
             click.echo(message, err=True)
             if as_json:
-                print(json.dumps({"status": "interrupted", "error": message, "run_dir": str(run_dir) if run_dir else None}), file=real_stdout)
+                print(
+                    json.dumps({"status": "interrupted", "error": message, "run_dir": str(run_dir) if run_dir else None}), file=real_stdout
+                )
             sys.exit(INTERRUPTED)
         finally:
             sys.stdout, _json_out = real_stdout, None
@@ -106,18 +110,27 @@ def main():
 
 def statistics_options(fn):
     """--confidence and --correction: how the deltas are judged (default: the experiment's [report] settings)."""
-    fn = click.option("--correction", metavar="holm|dunnett|none",
-                      help="Multiplicity correction across the variants (default holm, or the file's [report] setting).")(fn)
-    return click.option("--confidence", metavar="LEVEL", help="Confidence level of intervals and verdicts, 0 < LEVEL < 1 (default 0.95).")(fn)
+    fn = click.option(
+        "--correction",
+        metavar="holm|dunnett|none",
+        help="Multiplicity correction across the variants (default holm, or the file's [report] setting).",
+    )(fn)
+    return click.option("--confidence", metavar="LEVEL", help="Confidence level of intervals and verdicts, 0 < LEVEL < 1 (default 0.95).")(
+        fn
+    )
 
 
 def rounds_options(fn):
     """--until-resolved and --max-seeds: seeds added in rounds while verdicts are open."""
-    fn = click.option("--max-seeds", type=int, metavar="N",
-                      help=f"With --until-resolved: at most N seeds per variant (default {DEFAULT_MAX_SEEDS}).")(fn)
-    return click.option("--until-resolved", is_flag=True,
-                        help="After the seeds run, add a seed to the baseline and to every variant whose top-1 verdict is "
-                             "still inconclusive, round after round, until each is resolved or has --max-seeds.")(fn)
+    fn = click.option(
+        "--max-seeds", type=int, metavar="N", help=f"With --until-resolved: at most N seeds per variant (default {DEFAULT_MAX_SEEDS})."
+    )(fn)
+    return click.option(
+        "--until-resolved",
+        is_flag=True,
+        help="After the seeds run, add a seed to the baseline and to every variant whose top-1 verdict is "
+        "still inconclusive, round after round, until each is resolved or has --max-seeds.",
+    )(fn)
 
 
 DEFAULT_MAX_SEEDS = 10
@@ -160,13 +173,25 @@ def _load(file: str, sets: tuple[str, ...]):
 def executor_options(fn):
     """--executor, --workers, --scheduler, --threads-per-worker: where the grid's jobs run."""
     options = [
-        click.option("--executor", metavar="NAME", help="Where jobs run: serial (the default), dask, or a plugin's; "
-                                                        "--workers or --scheduler imply dask."),
+        click.option(
+            "--executor",
+            metavar="NAME",
+            help="Where jobs run: serial (the default), dask, or a plugin's; --workers or --scheduler imply dask.",
+        ),
         click.option("--workers", type=int, metavar="N", help="Start a local Dask cluster of N worker processes, one job each at a time."),
-        click.option("--scheduler", envvar="TESTBED_SCHEDULER", metavar="ADDRESS",
-                     help="Run on an existing Dask cluster, e.g. tcp://HOST:8786 (default: $TESTBED_SCHEDULER)."),
-        click.option("--threads-per-worker", "threads", type=int, metavar="T",
-                     help="torch threads per job under dask (default: this process's, as a serial run uses, so the numbers match)."),
+        click.option(
+            "--scheduler",
+            envvar="TESTBED_SCHEDULER",
+            metavar="ADDRESS",
+            help="Run on an existing Dask cluster, e.g. tcp://HOST:8786 (default: $TESTBED_SCHEDULER).",
+        ),
+        click.option(
+            "--threads-per-worker",
+            "threads",
+            type=int,
+            metavar="T",
+            help="torch threads per job under dask (default: this process's, as a serial run uses, so the numbers match).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -184,9 +209,13 @@ def executor_spec(executor, workers, scheduler, threads) -> dict:
 
 def track_option(fn):
     """--track NAME: a tracker besides those of the file's [track] table."""
-    return click.option("--track", multiple=True, metavar="NAME",
-                        help="Also send the numbers to this tracker (repeatable): tensorboard, mlflow, or a plugin's; "
-                             "parameters go in the file's [track] table.")(fn)
+    return click.option(
+        "--track",
+        multiple=True,
+        metavar="NAME",
+        help="Also send the numbers to this tracker (repeatable): tensorboard, mlflow, or a plugin's; "
+        "parameters go in the file's [track] table.",
+    )(fn)
 
 
 def _with_trackers(experiment, names, registry):
@@ -217,8 +246,26 @@ def _with_trackers(experiment, names, registry):
 @statistics_options
 @rounds_options
 @guarded
-def run(file, out, sets, only, seeds, device, as_json, force, quiet, track, executor, workers, scheduler, threads, confidence, correction,
-        until_resolved, max_seeds):
+def run(
+    file,
+    out,
+    sets,
+    only,
+    seeds,
+    device,
+    as_json,
+    force,
+    quiet,
+    track,
+    executor,
+    workers,
+    scheduler,
+    threads,
+    confidence,
+    correction,
+    until_resolved,
+    max_seeds,
+):
     """Train every variant x seed of FILE and print the side-by-side table.
 
     A crash or Ctrl-C leaves a run directory that `testbed resume DIR` continues."""
@@ -284,8 +331,9 @@ def _finish(outcome, run_dir: Path, as_json: bool, rank: int = 0):
 @statistics_options
 @rounds_options
 @guarded
-def resume(run_dir, device, as_json, quiet, seeds, track, executor, workers, scheduler, threads, confidence, correction,
-           until_resolved, max_seeds):
+def resume(
+    run_dir, device, as_json, quiet, seeds, track, executor, workers, scheduler, threads, confidence, correction, until_resolved, max_seeds
+):
     """Continue an interrupted run: unfinished jobs restart from their last checkpoint,
     finished ones are skipped. It may run where the first run did not (--workers, --scheduler).
     A finished run grows: --seeds N adds seeds, --until-resolved adds them where verdicts are open."""
@@ -333,12 +381,25 @@ def show(file, sets, as_json):
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--vs", "other", type=click.Path(path_type=Path), help="A second run to compare variant by variant.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-@click.option("--plots", is_flag=True, help="Draw the run's plots again (from its store and checkpoints), with Figure 4's "
-                                            "fc7 nearest neighbours per variant.")
-@click.option("--neighbours", "neighbours_of", multiple=True, metavar="NAME",
-              help="With --plots: draw the fc7 neighbours of these variants only (repeatable; default every variant).")
-@click.option("--html", "html_file", type=click.Path(path_type=Path), metavar="FILE",
-              help="Also write the report as one self-contained HTML page (pictures inline, no network), e.g. report.html.")
+@click.option(
+    "--plots",
+    is_flag=True,
+    help="Draw the run's plots again (from its store and checkpoints), with Figure 4's fc7 nearest neighbours per variant.",
+)
+@click.option(
+    "--neighbours",
+    "neighbours_of",
+    multiple=True,
+    metavar="NAME",
+    help="With --plots: draw the fc7 neighbours of these variants only (repeatable; default every variant).",
+)
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Also write the report as one self-contained HTML page (pictures inline, no network), e.g. report.html.",
+)
 @statistics_options
 @guarded
 def report(run_dir, other, as_json, plots, neighbours_of, html_file, confidence, correction):
@@ -381,8 +442,13 @@ def report(run_dir, other, as_json, plots, neighbours_of, html_file, confidence,
 @main.command(epilog=EPILOG)
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--to", "to", required=True, metavar="NAME", help="The tracker to write to: tensorboard, mlflow, or a plugin's.")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="A parameter of the tracker, e.g. --param tracking_uri=sqlite:///mlflow.db (repeatable).")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A parameter of the tracker, e.g. --param tracking_uri=sqlite:///mlflow.db (repeatable).",
+)
 @guarded
 def export(run_dir, to, params):
     """Write a run from its store into a tracker (TensorBoard, MLflow, ...), as if it had followed

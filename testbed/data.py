@@ -109,7 +109,7 @@ class InMemoryData:
     def image_size(self) -> int:
         return self.train_images.shape[-1]
 
-    def subset(self, train_size, test_size, seed) -> "InMemoryData":
+    def subset(self, train_size, test_size, seed) -> InMemoryData:
         out = self
         for split, size in (("train", train_size), ("test", test_size)):
             idx = balanced_subset(getattr(out, f"{split}_labels"), size, seed, f"data.{split}_size")
@@ -121,14 +121,13 @@ class InMemoryData:
                 out = InMemoryData(**fields)
         return out
 
-    def resized(self, size: int) -> "InMemoryData":
+    def resized(self, size: int) -> InMemoryData:
         if size == self.image_size:
             return self
 
         def resize(x):
             chunks = [
-                F.interpolate(c.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-                for c in x.split(1024)
+                F.interpolate(c.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False) for c in x.split(1024)
             ]
             return torch.cat(chunks).round_().clamp_(0, 255).to(torch.uint8)
 
@@ -215,7 +214,7 @@ class Preprocess:
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def to(self, device) -> "Preprocess":
+    def to(self, device) -> Preprocess:
         for name, value in list(vars(self).items()):
             if isinstance(value, torch.Tensor):
                 setattr(self, name, value.to(device))
@@ -264,8 +263,16 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 class Pipeline:
     """Batches of model inputs for one job: the data, its preprocessing and augmentations, on a device."""
 
-    def __init__(self, data, preprocess: Preprocess, train_augs: list, test_views: TestViews, input_size: int, device,
-                 memory_format: torch.memory_format = torch.contiguous_format):
+    def __init__(
+        self,
+        data,
+        preprocess: Preprocess,
+        train_augs: list,
+        test_views: TestViews,
+        input_size: int,
+        device,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ):
         self.data = data
         self.memory_format = memory_format  # of the model inputs
         self.device = torch.device(device)
@@ -293,7 +300,9 @@ class Pipeline:
             x = center_crop(x, self.input_size)
         return x.contiguous(memory_format=self.memory_format)
 
-    def train_batches(self, epoch: int, seed: int, batch_size: int, generator: torch.Generator, start_step: int = 0, rank: int = 0, world: int = 1):
+    def train_batches(
+        self, epoch: int, seed: int, batch_size: int, generator: torch.Generator, start_step: int = 0, rank: int = 0, world: int = 1
+    ):
         """(inputs, labels) for one epoch; the order depends only on (seed, epoch).
 
         With ``world`` > 1 each rank takes its slice of every global batch."""
@@ -393,8 +402,13 @@ def load_dataset(data_cfg: dict, registry, seed: int | None = None) -> InMemoryD
         if request.classes is not None and request.classes < len(data.class_names):
             keep_train = data.train_labels < request.classes
             keep_test = data.test_labels < request.classes
-            data = InMemoryData(data.train_images[keep_train], data.train_labels[keep_train],
-                                data.test_images[keep_test], data.test_labels[keep_test], data.class_names[: request.classes])
+            data = InMemoryData(
+                data.train_images[keep_train],
+                data.train_labels[keep_train],
+                data.test_images[keep_test],
+                data.test_labels[keep_test],
+                data.class_names[: request.classes],
+            )
         elif request.classes is not None and request.classes > len(data.class_names):
             raise BadInput(f"data.classes = {request.classes}: the dataset has only {len(data.class_names)} classes")
         data = data.subset(request.train_size, request.test_size, request.seed)

@@ -76,7 +76,8 @@ def check_like_run(variant, registry) -> str | None:
     except BadInput:
         raise
     except Exception as exc:
-        return f"variant '{variant.name}': a component raised {type(exc).__name__}: {exc} [plugin {plugins.blame(exc)}]; `run` would fail that job"
+        raised = f"{type(exc).__name__}: {exc} [plugin {plugins.blame(exc)}]"
+        return f"variant '{variant.name}': a component raised {raised}; `run` would fail that job"
     return None
 
 
@@ -99,8 +100,13 @@ def describe_experiment(experiment: Experiment, registry) -> dict:
             raise PluginFailure(
                 f"{experiment.path}: variant '{v.name}': a component raised {type(exc).__name__}: {exc} [plugin {plugins.blame(exc)}]"
             ) from None
-    return {"experiment": experiment.name, "path": experiment.path, "description": experiment.description, "variants": variants,
-            "warnings": warnings}
+    return {
+        "experiment": experiment.name,
+        "path": experiment.path,
+        "description": experiment.description,
+        "variants": variants,
+        "warnings": warnings,
+    }
 
 
 def _component(spec: dict) -> str:
@@ -125,12 +131,18 @@ def _setup_rows(base: dict, cfg: dict) -> list[tuple[str, str]]:
         ("init", _component(cfg["model"]["init"])),
         ("placement", _component(cfg["model"]["placement"])),
         ("augment", f"train [{', '.join(_component(a) for a in cfg['augment']['train'])}], test {_component(cfg['augment']['test'])}"),
-        ("train", f"{cfg['train']['epochs']} epochs, batch {cfg['train']['batch_size']}, {_component(cfg['train']['optimizer'])}, "
-                  f"schedule {_component(cfg['train']['schedule'])}, seeds {cfg['train']['seeds']}"),
+        (
+            "train",
+            f"{cfg['train']['epochs']} epochs, batch {cfg['train']['batch_size']}, {_component(cfg['train']['optimizer'])}, "
+            f"schedule {_component(cfg['train']['schedule'])}, seeds {cfg['train']['seeds']}",
+        ),
     ]
     if slots is not None:  # only the slots the architecture honours
-        rows = [row for row in rows if row[0] not in ("activation", "normalization", "pooling", "dropout", "init", "placement")
-                or row[0] in slots]
+        rows = [
+            row
+            for row in rows
+            if row[0] not in ("activation", "normalization", "pooling", "dropout", "init", "placement") or row[0] in slots
+        ]
     groups = {k: cfg["train"][k] for k in ("bias_lr_scale", "bias_weight_decay", "layer_weight_decay")}
     if groups != {"bias_lr_scale": 1.0, "bias_weight_decay": None, "layer_weight_decay": {}}:
         rows.append(("param groups", ", ".join(f"{k}={v}" for k, v in groups.items() if v not in (None, {}, 1.0))))
@@ -155,13 +167,19 @@ def render_description(doc: dict, console: Console) -> None:
     for col in ("variant", "what changed", "params", "tower devices", "paper"):
         table.add_column(col, justify="right" if col == "params" else "left", overflow="fold")
     for v in doc["variants"]:
-        table.add_row(v["name"], escape(changes_text(v["changes"])), f"{v['parameters']:,}", ", ".join(v["tower_devices"]),
-                      escape(paper_text(v["paper"])) if v["paper"] else "")
+        table.add_row(
+            v["name"],
+            escape(changes_text(v["changes"])),
+            f"{v['parameters']:,}",
+            ", ".join(v["tower_devices"]),
+            escape(paper_text(v["paper"])) if v["paper"] else "",
+        )
     console.print(table)
     base = doc["variants"][0]
     differing = [v for v in doc["variants"][1:] if v["layers"] != base["layers"]]
-    shapes = Table(title=f"layer output shapes (C x H x W) and parameters; baseline: {base['input_size']} px, {base['geometry']}",
-                   title_justify="left")
+    shapes = Table(
+        title=f"layer output shapes (C x H x W) and parameters; baseline: {base['input_size']} px, {base['geometry']}", title_justify="left"
+    )
     shapes.add_column("layer")
     for v in [base] + differing:
         shapes.add_column(v["name"], justify="right")
@@ -188,7 +206,9 @@ def render_saturation(epochs: list[dict], console: Console) -> None:
     if not rows:
         return
     layers = sorted({k for per in rows.values() for recs in per.values() for rec in recs for k in rec})
-    table = Table(title="saturated units per layer (% of outputs in the flat part of the activation; tanh |y|>0.99, relu y<=0)", title_justify="left")
+    table = Table(
+        title="saturated units per layer (% of outputs in the flat part of the activation; tanh |y|>0.99, relu y<=0)", title_justify="left"
+    )
     table.add_column("variant")
     table.add_column("epoch", justify="right")
     for layer in layers:

@@ -75,7 +75,7 @@ def from_env(placements: dict, path: str) -> Dist:
     if world > 1 and others:
         raise BadInput(
             f"{path}: variant '{others[0]}' is not data-parallel, but this is a torchrun launch of {world} processes; "
-            f"run it without torchrun, or leave it out with --only, or give it model.placement = \"data-parallel\"",
+            f'run it without torchrun, or leave it out with --only, or give it model.placement = "data-parallel"',
             file=path,
         )
     return Dist(int(os.environ.get("RANK", "0")), world)

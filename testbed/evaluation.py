@@ -46,8 +46,17 @@ class EvaluationStopped(Exception):
     """The user asked to stop while the held-out set was being evaluated."""
 
 
-def evaluate(model, pipeline: Pipeline, batch_size: int, precision: str, dist: Dist, views: bool = True, probe: bool = False,
-             stop=None, keep: list | None = None):
+def evaluate(
+    model,
+    pipeline: Pipeline,
+    batch_size: int,
+    precision: str,
+    dist: Dist,
+    views: bool = True,
+    probe: bool = False,
+    stop=None,
+    keep: list | None = None,
+):
     """(top-1 error, top-5 error, saturation) on the held-out set, softmax averaged over the test
     views (``views=False``: the centre patch only). With ``probe``, the saturation statistics of
     the first batch's centre patches (see SaturationProbe), else {}. ``stop``: a StopFlag looked

@@ -24,8 +24,8 @@ from testbed.schema import (  # noqa: F401  (SCHEMA and MAX_INT: part of this mo
     SCHEMA,
     TOP_LEVEL,
     VARIANT_KEYS,
-    leaves,
     fill_added_keys,
+    leaves,
     resolve_config,
     resolve_track,
     set_dotted,
@@ -72,8 +72,10 @@ class Experiment:
         for v in self.variants:
             if v.name == name:
                 return v
-        raise BadInput(f"--only {name}: no such variant{did_you_mean(name, [v.name for v in self.variants])}; "
-                       f"variants: {', '.join(v.name for v in self.variants)}")
+        raise BadInput(
+            f"--only {name}: no such variant{did_you_mean(name, [v.name for v in self.variants])}; "
+            f"variants: {', '.join(v.name for v in self.variants)}"
+        )
 
     def to_json(self) -> dict:
         return {
@@ -85,19 +87,35 @@ class Experiment:
             "report": self.report,
             "track": list(self.track),
             "variants": [
-                {"name": v.name, "description": v.description, "setting": v.setting, "config": v.config, "changes": v.changes, "paper": v.paper}
+                {
+                    "name": v.name,
+                    "description": v.description,
+                    "setting": v.setting,
+                    "config": v.config,
+                    "changes": v.changes,
+                    "paper": v.paper,
+                }
                 for v in self.variants
             ],
         }
 
     @classmethod
-    def from_json(cls, doc: dict) -> "Experiment":
+    def from_json(cls, doc: dict) -> Experiment:
         variants = tuple(
-            Variant(v["name"], fill_added_keys(v["config"]), v["changes"], v["paper"], v.get("description", ""), v.get("setting", "")) for v in doc["variants"]
+            Variant(v["name"], fill_added_keys(v["config"]), v["changes"], v["paper"], v.get("description", ""), v.get("setting", ""))
+            for v in doc["variants"]
         )
         report = {**REPORT_DEFAULTS, **doc.get("report", {})}  # runs stored before [report] existed judge by the defaults
-        return cls(doc["name"], doc["path"], variants, doc.get("description", ""), doc.get("overrides", {}), doc.get("compare", {}), report,
-                   tuple(doc.get("track", ())))
+        return cls(
+            doc["name"],
+            doc["path"],
+            variants,
+            doc.get("description", ""),
+            doc.get("overrides", {}),
+            doc.get("compare", {}),
+            report,
+            tuple(doc.get("track", ())),
+        )
 
 
 def read_toml(path: Path) -> dict:
@@ -229,7 +247,7 @@ def _check_description(table: dict, where: str) -> None:
 def _check_report(table) -> dict:
     """[report]: how the table's deltas are judged (the command line's --confidence/--correction win)."""
     if not isinstance(table, dict):
-        raise BadInput(f"report = {_short(table)}: expected a table like {{ confidence = 0.95, correction = \"holm\" }}")
+        raise BadInput(f'report = {_short(table)}: expected a table like {{ confidence = 0.95, correction = "holm" }}')
     for key in table:
         if key not in REPORT_KEYS:
             raise BadInput(f"report.{key}: unknown key{did_you_mean(key, REPORT_KEYS)}; valid: {', '.join(REPORT_KEYS)}")
@@ -249,7 +267,7 @@ def _check_compare(table) -> dict:
     """[compare]: which switch to compare within each setting (default the activation), the
     reference value (the factor is other / reference epochs to the target), the paper's factor."""
     if not isinstance(table, dict):
-        raise BadInput(f"compare = {_short(table)}: expected a table like {{ key = \"model.activation\", reference = \"relu\" }}")
+        raise BadInput(f'compare = {_short(table)}: expected a table like {{ key = "model.activation", reference = "relu" }}')
     for key in table:
         if key not in COMPARE_KEYS:
             raise BadInput(f"compare.{key}: unknown key{did_you_mean(key, COMPARE_KEYS)}; valid: {', '.join(COMPARE_KEYS)}")
@@ -260,7 +278,7 @@ def _check_compare(table) -> dict:
     if section not in SCHEMA or slot not in SCHEMA[section]:
         raise BadInput(f"compare.key = {_short(key)}: not a key of the experiment (e.g. model.activation)")
     if not isinstance(table.get("reference"), str):
-        raise BadInput(f"compare.reference = {_short(table.get('reference'))}: name the reference value, e.g. \"relu\"")
+        raise BadInput(f'compare.reference = {_short(table.get("reference"))}: name the reference value, e.g. "relu"')
     factor = table.get("paper_factor")
     if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float))):
         raise BadInput(f"compare.paper_factor = {_short(factor)}: expected a number")

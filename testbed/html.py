@@ -116,12 +116,14 @@ def sort_key(plain: str, numeric: bool) -> str:
 
 def results_table(doc: dict) -> str:
     columns = terminal._columns(doc)
-    head = "".join(f'<th scope="col" class="{"num" if justify == "right" else ""}"><button type="button">{html.escape(name)}</button></th>'
-                   for name, justify, _ in columns)
+    head = "".join(
+        f'<th scope="col" class="{"num" if justify == "right" else ""}"><button type="button">{html.escape(name)}</button></th>'
+        for name, justify, _ in columns
+    )
     rows = []
     for v in doc["variants"]:
         cells = []
-        for name, justify, cell in columns:
+        for _name, justify, cell in columns:
             markup = cell(v)
             content, used = markup_html(markup)
             plain = Text.from_markup(markup).plain
@@ -129,8 +131,7 @@ def results_table(doc: dict) -> str:
             classes += [f"{c}-cell" for c in ("better", "worse") if c in used]
             cells.append(f'<td class="{" ".join(classes)}" data-sort="{html.escape(sort_key(plain, justify == "right"))}">{content}</td>')
         rows.append(f'<tr data-variant="{html.escape(v["name"])}">{"".join(cells)}</tr>')
-    return (f'<div class="scroll"><table class="results"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></div>')
+    return f'<div class="scroll"><table class="results"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def recorded(draw) -> str:
@@ -144,8 +145,10 @@ def recorded(draw) -> str:
 
 def picture(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def pictures(run_dir: Path, variants: list[str]) -> str:
@@ -154,12 +157,16 @@ def pictures(run_dir: Path, variants: list[str]) -> str:
     plots = Path(run_dir) / "plots"
     found = {p.name: p for p in sorted(plots.glob("*.png"))} if plots.is_dir() else {}
     parts = []
-    for name, caption in (("learning-curves.png", "learning curves: training error by epoch, mean over seeds"),
-                          ("figure1.png", "the paper's Figure 1: epochs to the target training error")):
+    for name, caption in (
+        ("learning-curves.png", "learning curves: training error by epoch, mean over seeds"),
+        ("figure1.png", "the paper's Figure 1: epochs to the target training error"),
+    ):
         if name in found:
             parts.append(picture(found.pop(name), caption))
     curves = f'<div class="figures">{"".join(parts)}</div>' if parts else '<p class="dim">no learning curves in plots/</p>'
-    kernels = [picture(found.pop(f"conv1-{v}.png"), f"{v}: conv1 kernels per tower (first seed)") for v in variants if f"conv1-{v}.png" in found]
+    kernels = [
+        picture(found.pop(f"conv1-{v}.png"), f"{v}: conv1 kernels per tower (first seed)") for v in variants if f"conv1-{v}.png" in found
+    ]
     others = [picture(path, path.stem) for path in found.values()]
     out = f"<h2>Learning curves</h2>{curves}"
     if kernels:
@@ -189,12 +196,16 @@ def components_section(doc: dict) -> str:
     body = []
     for (slot, name, params, plugin, version), users in sorted(rows.items(), key=lambda kv: _slot_order(kv[0][0], rows)):
         used_by = "all" if users == names else ", ".join(users)
-        body.append(f'<tr data-variants="{html.escape(" ".join(users))}"><td>{html.escape(slot)}</td><td>{html.escape(name)}</td>'
-                    f"<td><code>{html.escape(params)}</code></td><td>{html.escape(plugin)}</td><td>{html.escape(version)}</td>"
-                    f'<td class="{"dim" if used_by == "all" else ""}">{html.escape(used_by)}</td></tr>')
-    return ('<h2>Components</h2><div class="scroll"><table class="plain components"><thead><tr><th>slot</th><th>component</th>'
-            '<th>parameters</th><th>plugin</th><th>version</th><th>variants</th></tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
+        body.append(
+            f'<tr data-variants="{html.escape(" ".join(users))}"><td>{html.escape(slot)}</td><td>{html.escape(name)}</td>'
+            f"<td><code>{html.escape(params)}</code></td><td>{html.escape(plugin)}</td><td>{html.escape(version)}</td>"
+            f'<td class="{"dim" if used_by == "all" else ""}">{html.escape(used_by)}</td></tr>'
+        )
+    return (
+        '<h2>Components</h2><div class="scroll"><table class="plain components"><thead><tr><th>slot</th><th>component</th>'
+        "<th>parameters</th><th>plugin</th><th>version</th><th>variants</th></tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def _slot_order(slot: str, rows: dict) -> int:
@@ -218,9 +229,16 @@ def environment_section(doc: dict, run_dir: Path) -> str:
     for env in seen:
         rows.append("<tr>" + "".join(f"<td><code>{html.escape(str(env.get(k, '')))}</code></td>" for k in sorted(seen[0])) + "</tr>")
     header = "".join(f"<th>{html.escape(k)}</th>" for k in sorted(seen[0])) if seen else ""
-    table = f'<div class="scroll"><table class="plain"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>' if seen else ""
-    return (f"<h2>Environment and command</h2><p><code>{html.escape(command)}</code></p>"
-            f"<p class=\"meta\">created {html.escape(str(info.get('created', '?')))} by testbed {html.escape(str(info.get('testbed', '?')))}</p>{table}")
+    table = (
+        f'<div class="scroll"><table class="plain"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+        if seen
+        else ""
+    )
+    return (
+        f"<h2>Environment and command</h2><p><code>{html.escape(command)}</code></p>"
+        f'<p class="meta">created {html.escape(str(info.get("created", "?")))} '
+        f"by testbed {html.escape(str(info.get('testbed', '?')))}</p>{table}"
+    )
 
 
 def notes(doc: dict) -> str:
@@ -246,17 +264,17 @@ def render_html(doc: dict, run_dir: Path, epochs: list[dict], description: str =
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title><link rel="icon" href="data:,"><style>{CSS}</style></head>
 <body>
-<header><h1>{html.escape(doc['experiment'])}</h1>
+<header><h1>{html.escape(doc["experiment"])}</h1>
 <p class="meta">{html.escape(description)}</p>
-<p class="meta">run <code>{html.escape(str(run_dir))}</code> · status <strong>{html.escape(str(doc['status']))}</strong> ·
-{len(doc['variants'])} variants</p></header>
+<p class="meta">run <code>{html.escape(str(run_dir))}</code> · status <strong>{html.escape(str(doc["status"]))}</strong> ·
+{len(doc["variants"])} variants</p></header>
 <main>
 <h2>Results</h2>
 {results_table(doc)}
 {notes(doc)}
 {extra}
-{pictures(run_dir, [v['name'] for v in doc['variants']])}
-{('<h2>Saturation</h2>' + saturation) if saturation else ''}
+{pictures(run_dir, [v["name"] for v in doc["variants"]])}
+{("<h2>Saturation</h2>" + saturation) if saturation else ""}
 {components_section(doc)}
 {environment_section(doc, run_dir)}
 </main>

@@ -97,9 +97,26 @@ def execute_job(spec: JobSpec, events: JobEvents, stop: StopFlag, dist: Dist, re
         seeds = job_seeds(spec.seed, v.config["train"]["seed_varies"], v.config["data"]["seed"])
         data = load_dataset(v.config["data"], registry, seed=seeds["subset"])  # cached per process
         steps = max(1, len(data) // v.config["train"]["batch_size"])
-        events.started(spec, history, component_records(v.config, registry), {**environment(device, dist), "seeds": seeds, "seed_varies": list(v.config["train"]["seed_varies"])}, steps)
-        ctx = JobContext(v, spec.seed, data, registry, device, ckpt, on_epoch=lambda record: events.epoch(spec, record),
-                         on_progress=lambda p: events.progress(spec, p), stop=stop, dist=dist, seeds=seeds)
+        events.started(
+            spec,
+            history,
+            component_records(v.config, registry),
+            {**environment(device, dist), "seeds": seeds, "seed_varies": list(v.config["train"]["seed_varies"])},
+            steps,
+        )
+        ctx = JobContext(
+            v,
+            spec.seed,
+            data,
+            registry,
+            device,
+            ckpt,
+            on_epoch=lambda record: events.epoch(spec, record),
+            on_progress=lambda p: events.progress(spec, p),
+            stop=stop,
+            dist=dist,
+            seeds=seeds,
+        )
         result = run_job(ctx)
     except Interrupted:
         return JobOutcome("interrupted", "stopped by the user; resume to continue")
@@ -124,8 +141,12 @@ def _draw_conv1(model, spec: JobSpec) -> None:
     from testbed.plots import conv1_kernels
 
     try:
-        conv1_kernels(model, model.plan.towers, Path(spec.run_dir) / "plots" / f"conv1-{spec.variant.name}.png",
-                      f"{spec.variant.name}: conv1 kernels (seed {spec.seed})")
+        conv1_kernels(
+            model,
+            model.plan.towers,
+            Path(spec.run_dir) / "plots" / f"conv1-{spec.variant.name}.png",
+            f"{spec.variant.name}: conv1 kernels (seed {spec.seed})",
+        )
     except Exception as exc:  # a picture must never cost the results
         print(f"warning: conv1 plot for {spec.variant.name} failed: {exc}", file=sys.stderr, flush=True)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
 from torch import nn
@@ -68,7 +68,7 @@ class Plan:
     in_channels: int = 3
 
     @classmethod
-    def create(cls, geometry: str, width: float = 1.0, classes: int = 1000, skip=()) -> "Plan":
+    def create(cls, geometry: str, width: float = 1.0, classes: int = 1000, skip=()) -> Plan:
         if geometry not in GEOMETRIES:
             raise BadInput(f"model.geometry = {geometry!r}: unknown; choose one of {', '.join(GEOMETRIES)}")
         g = GEOMETRIES[geometry]
@@ -78,7 +78,7 @@ class Plan:
         fc = tuple(scaled(f, width) for f in g["fc"])
         return cls(geometry, g["input_size"], tuple(convs), fc, classes)
 
-    def with_widths(self, widths: dict[str, int]) -> "Plan":
+    def with_widths(self, widths: dict[str, int]) -> Plan:
         """A plan with some conv layers' kernel counts replaced (e.g. the one-GPU comparison net)."""
         return replace(self, convs=tuple(replace(c, out=widths.get(c.name, c.out)) for c in self.convs))
 
@@ -120,7 +120,7 @@ class AlexNet(nn.Module):
         super().__init__()
         self.plan = plan
         towers = plan.towers
-        layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
         channels = plan.in_channels
         for i, spec in enumerate(plan.convs):
             groups = towers if spec.tower_local else 1
@@ -271,13 +271,18 @@ def build_model(model_cfg: dict, classes: int, image_size: int, registry, device
     """Build, initialise and place a model from a validated [model] table.
 
     ``device=None`` skips placement and returns the canonical model (shapes, counts, checks)."""
-    arch_component, arch_params = registry.resolve("architecture", model_cfg["architecture"], "model.architecture")
+    from testbed.schema import SCHEMA  # a [model] table written before architectures existed builds the default one
+
+    spec = model_cfg.get("architecture", SCHEMA["model"]["architecture"].default)
+    arch_component, arch_params = registry.resolve("architecture", spec, "model.architecture")
     architecture: Architecture = arch_component.create((), arch_params, "model.architecture")
     placement_component, placement_params = registry.resolve("placement", model_cfg["placement"], "model.placement")
     placement: Placement = placement_component.create((), placement_params, "model.placement")
     if placement.towers not in architecture.towers:
-        raise BadInput(f"model.placement = {placement_component.name!r}: it asks for {placement.towers} towers; architecture "
-                       f"'{arch_component.name}' is built with {' or '.join(map(str, architecture.towers))}")
+        raise BadInput(
+            f"model.placement = {placement_component.name!r}: it asks for {placement.towers} towers; architecture "
+            f"'{arch_component.name}' is built with {' or '.join(map(str, architecture.towers))}"
+        )
 
     resolved = {"placement": (placement_component, placement_params)}
     for slot in ("activation", "normalization", "pooling", "init"):

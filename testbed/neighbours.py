@@ -79,8 +79,10 @@ def draw(table: dict, data, path: Path, title: str) -> Path:
     fig, axes = plt.subplots(rows, k + 1, figsize=(1.25 * (k + 1), 1.4 * rows), squeeze=False)
     for r, q in enumerate(table["queries"].tolist()):
         cells = [(data.test_images[q], data.test_labels[q], "test")]
-        cells += [(data.train_images[i], data.train_labels[i], f"{d:.3g}") for i, d in
-                  zip(table["neighbours"][r].tolist(), table["distances"][r].tolist())]
+        cells += [
+            (data.train_images[i], data.train_labels[i], f"{d:.3g}")
+            for i, d in zip(table["neighbours"][r].tolist(), table["distances"][r].tolist())
+        ]
         for c, (image, label, note) in enumerate(cells):
             ax = axes[r, c]
             ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
@@ -112,9 +114,12 @@ def draw_neighbours(variant, model, registry, run_dir: Path, seed: int) -> Path 
     built = _Built(model)
     pipeline = build_pipeline(variant, data, built, registry, torch.device("cpu"))
     table = neighbour_table(model, pipeline, data)
-    return draw(table, data, Path(run_dir) / "plots" / f"neighbours-{variant.name}.png",
-                f"{variant.name} (seed {seed}): test images (red frame) and their nearest training images in fc7 space "
-                "(Euclidean distance above)")
+    return draw(
+        table,
+        data,
+        Path(run_dir) / "plots" / f"neighbours-{variant.name}.png",
+        f"{variant.name} (seed {seed}): test images (red frame) and their nearest training images in fc7 space (Euclidean distance above)",
+    )
 
 
 class _Built:

@@ -132,7 +132,7 @@ def figure1(epochs: list[dict], experiment, path: Path) -> Path:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in axes.flat[len(settings):]:
+    for ax in axes.flat[len(settings) :]:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel("training error rate")
@@ -153,8 +153,13 @@ def make_learning_curves(store, run_dir: Path, experiment) -> None:
     if not epochs:
         return
     target = experiment.baseline.config["train"]["target_train_error"]
-    learning_curves(epochs, [v.name for v in experiment.variants], target, run_dir / "plots" / "learning-curves.png",
-                    f"{experiment.name}: training error (mean over seeds)")
+    learning_curves(
+        epochs,
+        [v.name for v in experiment.variants],
+        target,
+        run_dir / "plots" / "learning-curves.png",
+        f"{experiment.name}: training error (mean over seeds)",
+    )
     if experiment.compare:
         figure1(epochs, experiment, run_dir / "plots" / "figure1.png")
 

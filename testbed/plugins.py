@@ -140,8 +140,10 @@ def _check_hook_names(state: PluginState) -> None:
         for impl in hook.get_hookimpls():
             if impl.optionalhook:
                 continue
-            line = (f"plugin '{impl.plugin_name}' implements '{hook_name}', which is not a testbed hook"
-                    f"{did_you_mean(hook_name, HOOK_KINDS)}, so it is never called; hooks: {', '.join(HOOK_KINDS)}")
+            line = (
+                f"plugin '{impl.plugin_name}' implements '{hook_name}', which is not a testbed hook"
+                f"{did_you_mean(hook_name, HOOK_KINDS)}, so it is never called; hooks: {', '.join(HOOK_KINDS)}"
+            )
             if line not in state.load_errors:
                 state.load_errors.append(line)
 

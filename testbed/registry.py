@@ -13,8 +13,9 @@ import inspect
 import math
 import types as types_module
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from testbed.errors import BadInput, ComponentError, choices_text, did_you_mean, short_repr
 
@@ -79,8 +80,10 @@ class Shape:
             same_type = type(choice) is type(value) or (type(choice) is float and type(value) is int)
             if same_type and choice == value:
                 return choice
-        raise BadInput(f"{key} = {short_repr(value)}: not a valid choice; choose one of "
-                       f"{', '.join(repr(c) for c in self.choices)}{did_you_mean(value, self.choices)}")
+        raise BadInput(
+            f"{key} = {short_repr(value)}: not a valid choice; choose one of "
+            f"{', '.join(repr(c) for c in self.choices)}{did_you_mean(value, self.choices)}"
+        )
 
     def _check_scalar(self, value, key):
         if value is None and type(None) in self.types:
@@ -269,8 +272,9 @@ class Registry:
 
     components: dict[str, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
 
-    def add(self, kind: str, name: str, factory: Callable, help: str, *, plugin: str, version: str = "",
-            contract: dict | None = None) -> Component:
+    def add(
+        self, kind: str, name: str, factory: Callable, help: str, *, plugin: str, version: str = "", contract: dict | None = None
+    ) -> Component:
         if kind not in self.components:
             raise ValueError(f"unknown component kind {kind!r}; kinds: {', '.join(KINDS)}")
         if not isinstance(name, str) or not name:
@@ -319,8 +323,11 @@ CONTRACTS: dict[str, dict[str, tuple[Any, str]]] = {
         "role": (("train", "test"), "'train': goes in augment.train; 'test': test-time views for augment.test"),
     },
     "architecture": {
-        "slots": (tuple, "the [model] keys besides architecture that it honours (e.g. ('activation', 'init')); any other "
-                         "[model] key in an experiment is refused"),
+        "slots": (
+            tuple,
+            "the [model] keys besides architecture that it honours (e.g. ('activation', 'init')); any other "
+            "[model] key in an experiment is refused",
+        ),
         "placements": (tuple, "the placements it can be built under (default: every placement)"),
         "defaults": (dict, "[model] values used where the experiment leaves a key out (e.g. {'init': 'cuda-convnet'})"),
     },
@@ -348,8 +355,10 @@ def check_contract(kind: str, name: str, factory: Callable, given: dict) -> tupl
         elif hasattr(factory, key):
             value = getattr(factory, key)
             if not inspect.isclass(factory):
-                notices.append(f"{kind} {name!r} declares {key} = {value!r} as an attribute of its factory, which is deprecated; "
-                               f"write register({name!r}, {getattr(factory, '__name__', 'factory')}, help, {key}={value!r}) instead")
+                notices.append(
+                    f"{kind} {name!r} declares {key} = {value!r} as an attribute of its factory, which is deprecated; "
+                    f"write register({name!r}, {getattr(factory, '__name__', 'factory')}, help, {key}={value!r}) instead"
+                )
         else:
             continue
         ok = value in accepted if isinstance(accepted, tuple) else (isinstance(value, accepted) and not isinstance(value, bool))
@@ -370,4 +379,4 @@ def component_spec(spec: Any, key: str) -> dict:
         if not isinstance(spec["name"], str):
             raise BadInput(f"{key}.name = {spec['name']!r}: expected a component name (a string)")
         return dict(spec)
-    raise BadInput(f"{key} = {spec!r}: expected a component name or a table {{ name = \"...\", ... }}")
+    raise BadInput(f'{key} = {spec!r}: expected a component name or a table {{ name = "...", ... }}')

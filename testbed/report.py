@@ -138,13 +138,23 @@ def _columns(doc: dict) -> list[tuple]:
         ("ensemble top-1/5 %", "right", ensemble_text) if has(lambda v: v.get("ensemble")) else None,
         ("paper Δ", "right", lambda v: paper_delta_text(v["paper"])) if has(lambda v: v["paper"]) else None,
         ("train err %", "right", lambda v: with_verdict(mean_std(v["metrics"]["train_error"]), deltas(v).get("train_error"))),
-        ("ep→tgt", "right", lambda v: with_verdict(mean_std(v["metrics"]["epochs_to_target"], scale=1.0, digits=1),
-                                                   deltas(v).get("epochs_to_target"))) if reached else None,
+        (
+            "ep→tgt",
+            "right",
+            lambda v: with_verdict(mean_std(v["metrics"]["epochs_to_target"], scale=1.0, digits=1), deltas(v).get("epochs_to_target")),
+        )
+        if reached
+        else None,
         ("s→tgt", "right", lambda v: mean_std(v["metrics"]["time_to_target_s"], scale=1.0, digits=0)) if reached else None,
         ("img/s", "right", lambda v: number(v["metrics"]["train_images_per_s"]["mean"])),
         ("params", "right", lambda v: number(v["parameters"])),
-        ("status", "left", lambda v: status_text(v["status"]) + (f" [yellow]at chance {v['at_chance']}[/yellow]" if v.get("at_chance") else ""))
-        if has(lambda v: v["status"] != "ok" or v.get("at_chance")) else None,
+        (
+            "status",
+            "left",
+            lambda v: status_text(v["status"]) + (f" [yellow]at chance {v['at_chance']}[/yellow]" if v.get("at_chance") else ""),
+        )
+        if has(lambda v: v["status"] != "ok" or v.get("at_chance"))
+        else None,
     ]
     return [c for c in columns if c is not None]
 
@@ -183,16 +193,20 @@ def footnote(doc: dict, shown: set) -> list[str]:
     if n <= 1:
         lines.append("One seed per variant: no spread was measured, so no Δ has a verdict; 3 or more seeds per arm give one (--seeds 3).")
     else:
-        lines.append(f"Errors: mean ± standard deviation over {n if len(seeds) == 1 else 'the finished'} seeds. "
-                     "Δ = variant − baseline in percentage points, its interval below it."
-                     + (" Paper Δ: top-1/top-5 on ImageNet." if "paper Δ" in shown else ""))
+        lines.append(
+            f"Errors: mean ± standard deviation over {n if len(seeds) == 1 else 'the finished'} seeds. "
+            "Δ = variant − baseline in percentage points, its interval below it."
+            + (" Paper Δ: top-1/top-5 on ImageNet." if "paper Δ" in shown else "")
+        )
         if doc.get("statistics"):
             rows = [(v["name"], v["delta_vs_baseline"], v.get("pairing")) for v in doc["variants"][1:]]
             lines += verdict_notes(doc["statistics"], rows, "", "train err or ep→tgt" if "ep→tgt" in shown else "train err")
     lines += seed_policy_notes(doc["variants"])
     if "ensemble top-1/5 %" in shown:
-        lines.append("Ensemble: the top-1/top-5 error of the softmax averaged over the seeds (n), on the same test views, "
-                     "beside the mean single-net error in top-1 % (the paper's Table 2: 5 CNNs).")
+        lines.append(
+            "Ensemble: the top-1/top-5 error of the softmax averaged over the seeds (n), on the same test views, "
+            "beside the mean single-net error in top-1 % (the paper's Table 2: 5 CNNs)."
+        )
     if "ep→tgt" in shown:
         lines.append("ep→tgt, s→tgt: epochs and training seconds to the target training error; (k/n): seeds that reached it.")
     return lines
@@ -205,8 +219,11 @@ def seed_policy_notes(variants: list[dict]) -> list[str]:
         (policy,) = policies
         varied = ", ".join(policy) if policy else "nothing"
         return [f"Seed k varies: {varied} (train.seed_varies); the rest is the same for every seed."]
-    return ["Seed k varies, per variant (train.seed_varies): "
-            + "; ".join(f"{v['name']}: {', '.join(v.get('seed_varies') or ()) or 'nothing'}" for v in variants) + "."]
+    return [
+        "Seed k varies, per variant (train.seed_varies): "
+        + "; ".join(f"{v['name']}: {', '.join(v.get('seed_varies') or ()) or 'nothing'}" for v in variants)
+        + "."
+    ]
 
 
 def variants_count(n: int, what: str = "") -> str:
@@ -220,22 +237,30 @@ def verdict_notes(st: dict, rows: list[tuple], what: str = "", worded: str = "")
     family = variants_count(st["family_size"], what)
     level = f"{100 * st['interval_level']:.4g}%"
     if st["correction"] == "dunnett":
-        rule = (f"Dunnett's many-to-one test across the {family} (pooled variance, seeds not paired): "
-                f"p and the {level} intervals adjusted")
+        rule = f"Dunnett's many-to-one test across the {family} (pooled variance, seeds not paired): p and the {level} intervals adjusted"
     else:
         adjusted = {"holm": "Holm-adjusted ", "none": "unadjusted "}[st["correction"]]
-        rule = (f"{adjusted}p ≤ {st['alpha'] / st['looks']:.3g}" + (f" across the {family}" if st["correction"] == "holm" else "")
-                + f"; the {level} interval is the test's own, not adjusted for multiplicity")
-    lines = [f"Verdicts (lower is better): better / worse by {rule}; else inconclusive (reasons and p-values in --json)."
-             + (f" A word after {worded}: that Δ's verdict." if worded else "")]
+        rule = (
+            f"{adjusted}p ≤ {st['alpha'] / st['looks']:.3g}"
+            + (f" across the {family}" if st["correction"] == "holm" else "")
+            + f"; the {level} interval is the test's own, not adjusted for multiplicity"
+        )
+    lines = [
+        f"Verdicts (lower is better): better / worse by {rule}; else inconclusive (reasons and p-values in --json)."
+        + (f" A word after {worded}: that Δ's verdict." if worded else "")
+    ]
     if st["looks"] > 1:
-        lines.append(f"Alpha {st['alpha']:.3g} is split over {st['looks']} planned looks (Bonferroni): "
-                     f"each look tests at {st['alpha'] / st['looks']:.3g}.")
+        lines.append(
+            f"Alpha {st['alpha']:.3g} is split over {st['looks']} planned looks (Bonferroni): "
+            f"each look tests at {st['alpha'] / st['looks']:.3g}."
+        )
     lines.append("Tests: " + tests_text(rows) + ".")
     return lines
 
 
-PAIRED_SHARES = "both arms draw the same subset, order, augmentation and dropout streams, and the same initial weights where the shapes agree"
+PAIRED_SHARES = (
+    "both arms draw the same subset, order, augmentation and dropout streams, and the same initial weights where the shapes agree"
+)
 
 
 def tests_text(rows: list[tuple]) -> str:
@@ -272,9 +297,12 @@ def _names(names: list, total: int) -> str:
 def render_paper_checks(doc: dict, console: Console) -> None:
     """Where a variant carries the paper's delta: the measured one beside it, whether they agree, and
     the seeds per arm that would detect the paper's delta."""
-    rows = [(v["name"], label, v["delta_vs_baseline"][metric]) for v in doc["variants"][1:]
-            for label, metric in (("top-1", "top1_error"), ("top-5", "top5_error"))
-            if "paper_check" in v["delta_vs_baseline"].get(metric, {})]
+    rows = [
+        (v["name"], label, v["delta_vs_baseline"][metric])
+        for v in doc["variants"][1:]
+        for label, metric in (("top-1", "top1_error"), ("top-5", "top5_error"))
+        if "paper_check" in v["delta_vs_baseline"].get(metric, {})
+    ]
     if not rows:
         return
     table = Table(title="the paper's Δ against the measured Δ (variant − baseline, points)", title_justify="left")
@@ -289,9 +317,11 @@ def render_paper_checks(doc: dict, console: Console) -> None:
     st = doc["statistics"]
     looks = f" / {st['looks']} looks" if st["looks"] > 1 else ""
     family = f" / {variants_count(st['family_size'])}" if st["correction"] != "none" else ""
-    note = (f"agrees / contradicts: the verdict is better or worse, with the paper's sign / the opposite sign; else cannot tell. "
-            f"Seeds: per arm (pairs when paired) for {100 * st['power']:g}% power to detect the paper's Δ with the measured spread, "
-            f"at alpha {st['planning_alpha']:.2g} ({st['alpha']:.3g}{family}{looks}, Bonferroni); enough: this run has them.")
+    note = (
+        f"agrees / contradicts: the verdict is better or worse, with the paper's sign / the opposite sign; else cannot tell. "
+        f"Seeds: per arm (pairs when paired) for {100 * st['power']:g}% power to detect the paper's Δ with the measured spread, "
+        f"at alpha {st['planning_alpha']:.2g} ({st['alpha']:.3g}{family}{looks}, Bonferroni); enough: this run has them."
+    )
     console.print(f"[dim]{escape(note)}[/dim]")
 
 
@@ -316,8 +346,14 @@ def render_speedups(compare: dict, console: Console) -> None:
     for row in compare["rows"]:
         mine, theirs = row["measured"][row["compared"]], row["measured"][ref]
         table.add_row(
-            escape(row["setting"] or "-"), row["compared"], cell(theirs, "epochs"), cell(mine, "epochs"),
-            row["factor_epochs"]["text"], cell(theirs, "seconds"), cell(mine, "seconds"), row["factor_seconds"]["text"],
+            escape(row["setting"] or "-"),
+            row["compared"],
+            cell(theirs, "epochs"),
+            cell(mine, "epochs"),
+            row["factor_epochs"]["text"],
+            cell(theirs, "seconds"),
+            cell(mine, "seconds"),
+            row["factor_seconds"]["text"],
             f"{paper:g}x" if paper else "",
         )
     console.print(table)
@@ -374,12 +410,19 @@ def render_colourfulness(doc: dict, console: Console) -> None:
     for name, c in rows:
         towers = [mean_std(t, scale=1.0, digits=3) for t in c["towers"]] + ["-"] * (2 - len(c["towers"]))
         two = len(c["towers"]) == 2
-        table.add_row(name, str(len(c["seeds"])), *towers[:2], mean_std(c["gap"], 1.0, 3) if two else "-",
-                      mean_std(c["a_minus_b"], 1.0, 3) if two else "-")
+        table.add_row(
+            name,
+            str(len(c["seeds"])),
+            *towers[:2],
+            mean_std(c["gap"], 1.0, 3) if two else "-",
+            mean_std(c["a_minus_b"], 1.0, 3) if two else "-",
+        )
     console.print(table)
-    console.print("[dim]Colourfulness: the mean chroma (max − min of R, G, B) of each conv1 kernel scaled to [0, 1] by its own range, "
-                  "averaged over a tower's kernels: 0 grey, 1 the most colourful. The paper's towers specialise (one colour-agnostic, "
-                  "one colour-specific) whichever GPU gets which: the gap per seed measures that.[/dim]")
+    console.print(
+        "[dim]Colourfulness: the mean chroma (max − min of R, G, B) of each conv1 kernel scaled to [0, 1] by its own range, "
+        "averaged over a tower's kernels: 0 grey, 1 the most colourful. The paper's towers specialise (one colour-agnostic, "
+        "one colour-specific) whichever GPU gets which: the gap per seed measures that.[/dim]"
+    )
 
 
 def render_divisors(doc: dict, console: Console) -> None:
@@ -390,8 +433,16 @@ def render_divisors(doc: dict, console: Console) -> None:
     for col in ("variant", "layer", "epoch", "k^β", "p1", "median", "p99", "max", "mean / k^β − 1", "cv (sd / mean)"):
         table.add_column(col, justify="left" if col in ("variant", "layer") else "right")
     for name, layer, s in rows:
-        table.add_row(name, layer, str(s["epoch"]), *(f"{s[k]:.6g}" for k in ("resting", "p01", "median", "p99", "max")),
-                      f"{100 * s['mean_excess']:+.2g}%", f"{s['cv']:.2g}")
+        table.add_row(
+            name,
+            layer,
+            str(s["epoch"]),
+            *(f"{s[k]:.6g}" for k in ("resting", "p01", "median", "p99", "max")),
+            f"{100 * s['mean_excess']:+.2g}%",
+            f"{s['cv']:.2g}",
+        )
     console.print(table)
-    console.print("[dim]A divisor that hardly varies (cv near 0, mean near k^β) makes LRN a fixed rescaling by 1/k^β: "
-                  "it then normalizes nothing. Every epoch's is in the store (epochs, lrn_divisor); here the last, mean over seeds.[/dim]")
+    console.print(
+        "[dim]A divisor that hardly varies (cv near 0, mean near k^β) makes LRN a fixed rescaling by 1/k^β: "
+        "it then normalizes nothing. Every epoch's is in the store (epochs, lrn_divisor); here the last, mean over seeds.[/dim]"
+    )

@@ -76,8 +76,11 @@ class Store:
             version = STORE_VERSION + 1  # not a number this testbed wrote
         if version > STORE_VERSION:
             self.db.close()
-            raise BadInput(f"{self.path}: store schema version {rows.get('schema_version')} (written by testbed {rows.get('testbed', '?')}); "
-                           f"this testbed ({__version__}) reads versions up to {STORE_VERSION}: upgrade testbed to read it", file=str(self.path))
+            raise BadInput(
+                f"{self.path}: store schema version {rows.get('schema_version')} (written by testbed {rows.get('testbed', '?')}); "
+                f"this testbed ({__version__}) reads versions up to {STORE_VERSION}: upgrade testbed to read it",
+                file=str(self.path),
+            )
 
     def schema_version(self) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
@@ -91,8 +94,10 @@ class Store:
         if not run_dir.is_dir():
             raise BadInput(f"{run_dir}: no such run directory", file=str(run_dir))
         if not path.is_file() or not (run_dir / EXPERIMENT_NAME).is_file():
-            raise BadInput(f"{run_dir}: not a testbed run (no {STORE_NAME} and {EXPERIMENT_NAME}); give a folder that `testbed run` wrote",
-                           file=str(run_dir))
+            raise BadInput(
+                f"{run_dir}: not a testbed run (no {STORE_NAME} and {EXPERIMENT_NAME}); give a folder that `testbed run` wrote",
+                file=str(run_dir),
+            )
         store = None
         try:
             store = cls(path, create=False, readonly=True)
@@ -112,8 +117,10 @@ class Store:
         if problems != ["ok"]:
             raise sqlite3.DatabaseError("; ".join(problems)[:200])
         self.db.execute(f"SELECT variant, seed, epoch, {', '.join(EPOCH_COLUMNS)}, extra FROM epochs LIMIT 0")
-        self.db.execute("SELECT variant, seed, position, status, message, plugin, epoch, step, metrics, components, "
-                        "environment, started, finished FROM jobs LIMIT 0")
+        self.db.execute(
+            "SELECT variant, seed, position, status, message, plugin, epoch, step, metrics, components, "
+            "environment, started, finished FROM jobs LIMIT 0"
+        )
 
     def close(self):
         self.db.close()
@@ -142,8 +149,17 @@ class Store:
         )
         self.db.commit()
 
-    def finish_job(self, variant: str, seed: int, status: str, metrics: dict | None = None, message: str | None = None,
-                   plugin: str | None = None, epoch: int | None = None, step: int | None = None) -> None:
+    def finish_job(
+        self,
+        variant: str,
+        seed: int,
+        status: str,
+        metrics: dict | None = None,
+        message: str | None = None,
+        plugin: str | None = None,
+        epoch: int | None = None,
+        step: int | None = None,
+    ) -> None:
         self.db.execute(
             "UPDATE jobs SET status=?, metrics=?, message=?, plugin=?, epoch=?, step=?, finished=? WHERE variant=? AND seed=?",
             (status, json.dumps(metrics) if metrics is not None else None, message, plugin, epoch, step, time.time(), variant, seed),
@@ -248,8 +264,13 @@ def statistics_block(settings: verdicts.Settings, family: int, shared_control: b
     """How the table's deltas were judged, for --json and the footnote."""
     correction = settings.correction if shared_control or settings.correction != "dunnett" else "holm"
     used = verdicts.Settings(settings.confidence, correction, settings.looks)
-    return {**used.as_json(), "family_size": family, "planning_alpha": verdicts.planning_alpha(used, family),
-            "lower_is_better": True, "intervals_adjusted": correction == "dunnett"}
+    return {
+        **used.as_json(),
+        "family_size": family,
+        "planning_alpha": verdicts.planning_alpha(used, family),
+        "lower_is_better": True,
+        "intervals_adjusted": correction == "dunnett",
+    }
 
 
 def _variant_entry(v, runs: list[dict]) -> dict:
@@ -324,7 +345,9 @@ def add_paper_checks(entry: dict, planning_alpha: float) -> None:
     many seeds would detect the paper's delta."""
     for key, metric in PAPER_METRICS.items():
         if key in entry["paper"] and metric in entry["delta_vs_baseline"]:
-            entry["delta_vs_baseline"][metric].update(verdicts.paper_check(entry["delta_vs_baseline"][metric], entry["paper"][key], planning_alpha))
+            entry["delta_vs_baseline"][metric].update(
+                verdicts.paper_check(entry["delta_vs_baseline"][metric], entry["paper"][key], planning_alpha)
+            )
 
 
 def compare_runs(run_a: Path, run_b: Path, confidence=None, correction=None) -> dict:
@@ -348,10 +371,20 @@ def compare_runs(run_a: Path, run_b: Path, confidence=None, correction=None) -> 
     out = []
     for va in doc_a["variants"]:
         vb = by_name_b.get(va["name"])
-        out.append({"name": va["name"], "a": va["metrics"], "b": vb["metrics"] if vb else None,
-                    "difference": deltas.get(va["name"], {}), "pairing": pairing.get(va["name"])})
-    out += [{"name": n, "a": None, "b": vb["metrics"], "difference": {}, "pairing": None} for n, vb in by_name_b.items()
-            if n not in {v["name"] for v in doc_a["variants"]}]
+        out.append(
+            {
+                "name": va["name"],
+                "a": va["metrics"],
+                "b": vb["metrics"] if vb else None,
+                "difference": deltas.get(va["name"], {}),
+                "pairing": pairing.get(va["name"]),
+            }
+        )
+    out += [
+        {"name": n, "a": None, "b": vb["metrics"], "difference": {}, "pairing": None}
+        for n, vb in by_name_b.items()
+        if n not in {v["name"] for v in doc_a["variants"]}
+    ]
     return {"a": doc_a, "b": doc_b, "statistics": statistics_block(settings, len(rows), shared_control=False), "variants": out}
 
 
@@ -381,6 +414,7 @@ def _time_to_target(name: str, runs: list[dict]) -> dict:
 def _factor(other: dict, reference: dict, measure: str) -> dict:
     """other / reference. A side that never reached the target enters with its lower bound, which
     makes the factor a lower bound (other missed) or an upper bound (reference missed)."""
+
     def mean(xs):
         return sum(xs) / len(xs)
 

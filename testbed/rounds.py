@@ -27,8 +27,9 @@ def seeds_of(experiment: Experiment) -> dict[str, list[int]]:
 
 
 def with_seeds(experiment: Experiment, seeds: dict[str, list[int]]) -> Experiment:
-    variants = tuple(dataclasses.replace(v, config={**v.config, "train": {**v.config["train"], "seeds": seeds[v.name]}})
-                     for v in experiment.variants)
+    variants = tuple(
+        dataclasses.replace(v, config={**v.config, "train": {**v.config["train"], "seeds": seeds[v.name]}}) for v in experiment.variants
+    )
     return dataclasses.replace(experiment, variants=variants)
 
 

@@ -41,7 +41,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_NAME
         self.fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         try:
             import fcntl
         except ImportError:  # not a POSIX system: no lock, as before
@@ -52,8 +52,11 @@ class RunLock:
         except OSError:
             holder = os.read(fd, 4096).decode("utf-8", "replace")
             os.close(fd)
-            raise BadInput(f"{self.path.parent}: in use by another testbed process ({_describe(holder)}); wait for it to end, "
-                           f"or stop it (Ctrl-C) and then `testbed resume {self.path.parent}`", file=str(self.path.parent)) from None
+            raise BadInput(
+                f"{self.path.parent}: in use by another testbed process ({_describe(holder)}); wait for it to end, "
+                f"or stop it (Ctrl-C) and then `testbed resume {self.path.parent}`",
+                file=str(self.path.parent),
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": platform.node(), "argv": sys.argv}).encode())
         self.fd = fd
@@ -100,7 +103,9 @@ def _prepare_run_dir(run_dir: Path, experiment: Experiment, force: bool) -> None
         if not run_dir.is_dir():
             raise BadInput(f"--out {run_dir}: exists and is not a folder")
         if not force:
-            raise BadInput(f"--out {run_dir}: already holds a run; continue it with `testbed resume {run_dir}`, or pass --force to start over")
+            raise BadInput(
+                f"--out {run_dir}: already holds a run; continue it with `testbed resume {run_dir}`, or pass --force to start over"
+            )
         if not (run_dir / RUN_MARKER).is_file():
             raise BadInput(f"--out {run_dir}: not empty and not a testbed run; --force only replaces runs, choose another folder")
         with RunLock(run_dir):  # never delete a run that another process is writing

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from rich.console import Console
 from rich.markup import escape
 
@@ -80,7 +79,9 @@ def select(experiment: Experiment, only: list[str], seeds: int | None) -> Experi
     if seeds is not None:
         if not 1 <= seeds <= 1000:
             raise BadInput(f"--seeds {seeds}: expected 1..1000")
-        variants = [dataclasses.replace(v, config={**v.config, "train": {**v.config["train"], "seeds": list(range(seeds))}}) for v in variants]
+        variants = [
+            dataclasses.replace(v, config={**v.config, "train": {**v.config["train"], "seeds": list(range(seeds))}}) for v in variants
+        ]
     return dataclasses.replace(experiment, variants=tuple(variants))
 
 
@@ -117,8 +118,10 @@ def check_executor(spec: dict, registry, dist: Dist) -> None:
     a parallel executor under torchrun)."""
     executor = registry.create("executor", spec, key="--executor")
     if executor.parallel and dist.active:
-        raise BadInput(f"--executor {spec['name']}: a grid of DDP jobs is not supported; under torchrun the grid runs "
-                       f"serially (every process trains every job together), so leave out --workers / --scheduler")
+        raise BadInput(
+            f"--executor {spec['name']}: a grid of DDP jobs is not supported; under torchrun the grid runs "
+            f"serially (every process trains every job together), so leave out --workers / --scheduler"
+        )
 
 
 def warn_untrainable(variants, registry) -> None:
@@ -176,8 +179,16 @@ class Driver(JobEvents):
 
     def finished(self, spec: JobSpec, outcome: JobOutcome) -> None:
         name, seed = spec.key
-        self.store.finish_job(name, seed, outcome.status, metrics=outcome.metrics, message=outcome.message,
-                              plugin=outcome.plugin, epoch=outcome.epoch, step=outcome.step)
+        self.store.finish_job(
+            name,
+            seed,
+            outcome.status,
+            metrics=outcome.metrics,
+            message=outcome.message,
+            plugin=outcome.plugin,
+            epoch=outcome.epoch,
+            step=outcome.step,
+        )
         shown = outcome.message or ""
         if outcome.status == "failed" and outcome.plugin and f"[plugin {outcome.plugin}]" not in shown:
             shown += f" [plugin {outcome.plugin}]"
@@ -251,8 +262,10 @@ def execute(experiment: Experiment, run_dir: Path, registry, options: RunOptions
 def _say_round(grow: list[str], experiment: Experiment, options: RunOptions) -> None:
     if not options.quiet:
         report = experiment.report
-        Console(stderr=True).print(f"[bold]next round[/bold]: {escape(', '.join(grow))} still inconclusive: one more seed for "
-                                   f"the baseline and each (at most {report['max_seeds']} seeds; {report['looks']} planned looks)")
+        Console(stderr=True).print(
+            f"[bold]next round[/bold]: {escape(', '.join(grow))} still inconclusive: one more seed for "
+            f"the baseline and each (at most {report['max_seeds']} seeds; {report['looks']} planned looks)"
+        )
 
 
 def _execute(experiment: Experiment, run_dir: Path, registry, executor, options: RunOptions, dist: Dist, device: torch.device) -> Outcome:
@@ -310,6 +323,14 @@ def _start_trackers(experiment: Experiment, run_dir: Path, registry, display: Di
             print(f"warning: {line}", file=sys.stderr, flush=True)
 
     trackers = create_trackers(list(experiment.track), registry, say)
-    trackers.run_started(TrackedRun(experiment.name, Path(run_dir), list(sys.argv), [v.name for v in experiment.variants], __version__,
-                                    "resume" if resumed else "run"))
+    trackers.run_started(
+        TrackedRun(
+            experiment.name,
+            Path(run_dir),
+            list(sys.argv),
+            [v.name for v in experiment.variants],
+            __version__,
+            "resume" if resumed else "run",
+        )
+    )
     return trackers

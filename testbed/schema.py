@@ -222,7 +222,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "skip": Layers([], "conv layers removed (depth ablation)", choices=SKIPPABLE),
     },
     "augment": {
-        "train": ComponentList(["random-crop", "hflip", "pca-lighting"], "train augmentations, applied in order", kind="augmentation", role="train"),
+        "train": ComponentList(
+            ["random-crop", "hflip", "pca-lighting"], "train augmentations, applied in order", kind="augmentation", role="train"
+        ),
         "test": Component("ten-crop", "test-time views", kind="augmentation", role="test"),
     },
     "train": {
@@ -231,26 +233,32 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "optimizer": Component("sgd", kind="optimizer"),
         "schedule": Component("plateau", kind="schedule"),
         "seeds": Seeds(1, "a count (seeds 0..N-1) or a list of seeds"),
-        "seed_varies": Names(list(SEED_SOURCES), "what the seed changes (the rest is the same for every seed): "
-                                                 "subset, init, order, augmentation, dropout", choices=SEED_SOURCES),
+        "seed_varies": Names(
+            list(SEED_SOURCES),
+            "what the seed changes (the rest is the same for every seed): subset, init, order, augmentation, dropout",
+            choices=SEED_SOURCES,
+        ),
         "target_train_error": Float(0.25, 0.0, 1.0, help="Figure 1's measure: epochs to this training error"),
         "stop_at_target": Bool(False, "end a job at the first epoch at or below target_train_error"),
         "stop_at_chance": Int(0, 0, 100_000, help="end a job whose training error is still at chance after this many epochs (0: never)"),
         "precision": Choice("fp32", choices=("fp32", "bf16", "fp16")),
         "compile": Bool(False, "torch.compile the model"),
-        "memory_format": Choice("auto", "auto: channels-last, faster on CPUs and GPUs alike where measured",
-                                choices=("auto", "channels-last", "contiguous")),
+        "memory_format": Choice(
+            "auto", "auto: channels-last, faster on CPUs and GPUs alike where measured", choices=("auto", "channels-last", "contiguous")
+        ),
         "eval_batch_size": Int(128, 1, 2**20, help="images per forward pass when evaluating (each test view separately)"),
         "bias_lr_scale": Float(1.0, 0.0, 1000.0, help="biases learn at this multiple of the learning rate (cuda-convnet: 2)"),
-        "bias_weight_decay": Float(None, 0.0, 1.0, help="weight decay of the biases (default: the optimizer's; cuda-convnet: 0)",
-                                   optional=True),
+        "bias_weight_decay": Float(
+            None, 0.0, 1.0, help="weight decay of the biases (default: the optimizer's; cuda-convnet: 0)", optional=True
+        ),
         "layer_weight_decay": NumberTable({}, "weight decay per weight layer, e.g. { local3 = 0.004 } (the rest: the optimizer's)"),
     },
 }
 # [track]: where the run's numbers go besides the store; one table per run (variants cannot change it)
 TRACK: dict[str, Key] = {
-    "use": ComponentList([], 'trackers fed every epoch by the driver, e.g. ["tensorboard", { name = "mlflow", tracking_uri = "..." }]',
-                         kind="tracker"),
+    "use": ComponentList(
+        [], 'trackers fed every epoch by the driver, e.g. ["tensorboard", { name = "mlflow", tracking_uri = "..." }]', kind="tracker"
+    ),
 }
 TOP_LEVEL = ("name", "description", "setting", "compare", "report", "track", "data", "model", "augment", "train", "variant")
 REPORT_KEYS = ("confidence", "correction")
@@ -262,7 +270,7 @@ PAPER_KEYS = ("top1", "top5", "claim", "factor", "test_error")
 def resolve_track(table: Any, registry: Registry) -> list[dict]:
     """The [track] table: its trackers resolved to {"name", **all parameters}."""
     if not isinstance(table, dict):
-        raise BadInput(f"track = {short(table)}: expected a table [track] with use = [\"tensorboard\", ...]")
+        raise BadInput(f'track = {short(table)}: expected a table [track] with use = ["tensorboard", ...]')
     for key in table:
         if key not in TRACK:
             raise BadInput(f"track.{key}: unknown key{did_you_mean(key, TRACK)}; valid keys in [track]: {', '.join(TRACK)}")
@@ -278,10 +286,14 @@ def resolve_config(raw: dict, registry: Registry, where: str) -> dict:
         given = raw.get(section, {})
         for key in given:
             if key not in keys:
-                raise BadInput(f"{where}{section}.{key}: unknown key{did_you_mean(key, keys)}; valid keys in [{section}]: {', '.join(keys)}")
+                raise BadInput(
+                    f"{where}{section}.{key}: unknown key{did_you_mean(key, keys)}; valid keys in [{section}]: {', '.join(keys)}"
+                )
         defaults = architecture_defaults(given, registry, where) if section == "model" else {}
-        out[section] = {key: spec.check(given.get(key, copy.deepcopy(defaults.get(key, spec.default))), f"{section}.{key}", registry, where)
-                        for key, spec in keys.items()}
+        out[section] = {
+            key: spec.check(given.get(key, copy.deepcopy(defaults.get(key, spec.default))), f"{section}.{key}", registry, where)
+            for key, spec in keys.items()
+        }
     check_placement(out["model"], registry, where)
     return out
 
@@ -298,8 +310,10 @@ def architecture_defaults(given_model: dict, registry: Registry, where: str) -> 
     if slots is not None:
         for key, value in given_model.items():
             if key != "architecture" and key not in slots:
-                raise BadInput(f"{where}model.{key} = {short(value)}: architecture '{component.name}' has no {key} slot; "
-                               f"it honours: {', '.join(slots) or 'none'}")
+                raise BadInput(
+                    f"{where}model.{key} = {short(value)}: architecture '{component.name}' has no {key} slot; "
+                    f"it honours: {', '.join(slots) or 'none'}"
+                )
     return component.contract.get("defaults", {})
 
 
@@ -308,13 +322,18 @@ def check_placement(model: dict, registry: Registry, where: str) -> None:
     allowed = component.contract.get("placements")
     name = model["placement"]["name"]
     if allowed is not None and name not in allowed:
-        raise BadInput(f"{where}model.placement = {name!r}: architecture '{component.name}' cannot be built under it; "
-                       f"placements: {', '.join(allowed)}")
+        raise BadInput(
+            f"{where}model.placement = {name!r}: architecture '{component.name}' cannot be built under it; placements: {', '.join(allowed)}"
+        )
 
 
 #: Keys added after runs were stored: what a stored config without them meant (``Experiment.from_json``).
-ADDED_KEYS = {("model", "architecture"): {"name": "alexnet"}, ("train", "bias_lr_scale"): 1.0,
-              ("train", "bias_weight_decay"): None, ("train", "layer_weight_decay"): {}}
+ADDED_KEYS = {
+    ("model", "architecture"): {"name": "alexnet"},
+    ("train", "bias_lr_scale"): 1.0,
+    ("train", "bias_weight_decay"): None,
+    ("train", "layer_weight_decay"): {},
+}
 
 
 def fill_added_keys(config: dict) -> dict:
@@ -352,8 +371,10 @@ def set_dotted(config: dict, dotted: str, value: Any, where: str) -> None:
         raise BadInput(f"{where}{dotted}: name a key inside [{section}] (e.g. {section}.{next(iter(SCHEMA[section]))})")
     key = parts[1]
     if key not in SCHEMA[section]:
-        raise BadInput(f"{where}{section}.{key}: unknown key{did_you_mean(key, SCHEMA[section])}; valid keys in [{section}]: "
-                       f"{', '.join(SCHEMA[section])}")
+        raise BadInput(
+            f"{where}{section}.{key}: unknown key{did_you_mean(key, SCHEMA[section])}; valid keys in [{section}]: "
+            f"{', '.join(SCHEMA[section])}"
+        )
     target = config.setdefault(section, {})
     if len(parts) == 2:
         target[key] = value

@@ -11,9 +11,9 @@ once, on the display, and is not called again; training goes on.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from testbed.errors import BadInput
 
@@ -131,7 +131,9 @@ class Trackers:
                 getattr(tracker, method)(*args)
             except Exception as exc:  # a tracker never costs a run
                 self.active.remove(entry)
-                line = f"tracker '{name}' (plugin {plugin}) failed in {method} and is off for the rest of the run: {type(exc).__name__}: {exc}"
+                line = (
+                    f"tracker '{name}' (plugin {plugin}) failed in {method} and is off for the rest of the run: {type(exc).__name__}: {exc}"
+                )
                 self.failed.append(line)
                 self.say(line)
 
@@ -192,8 +194,13 @@ def replay(store, run_dir: Path, trackers: Trackers, command: list[str]) -> int:
         epochs.setdefault((row["variant"], row["seed"]), []).append(row)
     trackers.run_started(TrackedRun(experiment.name, Path(run_dir), command, [v.name for v in experiment.variants], __version__, "export"))
     for job in jobs:
-        tracked = TrackedJob(job["variant"], job["seed"], flat_params(configs[job["variant"]], job["seed"]),
-                             job["components"] or {}, job["environment"] or {})
+        tracked = TrackedJob(
+            job["variant"],
+            job["seed"],
+            flat_params(configs[job["variant"]], job["seed"]),
+            job["components"] or {},
+            job["environment"] or {},
+        )
         trackers.job_started(tracked, [])
         for row in epochs.get(tracked.key, []):
             trackers.epoch(tracked, {k: v for k, v in row.items() if k not in ("variant", "seed")})

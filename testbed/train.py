@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -199,21 +199,24 @@ class Job:
             return
         # A finished job is never resumed: its last checkpoint keeps the weights, not the optimizer
         # state (as large again, and a noticeable part of a short job's time to write).
-        checkpoint.save(self.ctx.checkpoint, {
-            **checkpoint.owner(self.ctx.variant, self.ctx.seed),  # variant, seed, config_digest
-            "model": checkpoint.unwrap(self.model).state_dict(),
-            **({} if finished else {"optimizer": self.optimizer.state_dict()}),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-            "epoch": epoch_done,
-            "finished": finished,
-            "step": step,
-            "partial": asdict(self.sums) if step else {},
-            "aug_generator": self.generator.get_state() if step else torch.empty(0, dtype=torch.uint8),
-            "rng": rng,
-            **({"rng_by_rank": by_rank} if self.ctx.dist.active else {}),
-            "history": self.history,
-        })
+        checkpoint.save(
+            self.ctx.checkpoint,
+            {
+                **checkpoint.owner(self.ctx.variant, self.ctx.seed),  # variant, seed, config_digest
+                "model": checkpoint.unwrap(self.model).state_dict(),
+                **({} if finished else {"optimizer": self.optimizer.state_dict()}),
+                "schedule": self.schedule.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+                "epoch": epoch_done,
+                "finished": finished,
+                "step": step,
+                "partial": asdict(self.sums) if step else {},
+                "aug_generator": self.generator.get_state() if step else torch.empty(0, dtype=torch.uint8),
+                "rng": rng,
+                **({"rng_by_rank": by_rank} if self.ctx.dist.active else {}),
+                "history": self.history,
+            },
+        )
 
     def stuck_at_chance(self, epoch: int, train_error: float) -> bool:
         """train.stop_at_chance = N: end the job after epoch N if its training error is still at chance."""
@@ -229,8 +232,11 @@ class Job:
                 break
             if self.ctx.dist.any(self.ctx.stop.requested, self.input_device):
                 raise Interrupted()
-        return {"metrics": final_metrics(self.history, self.train_cfg["target_train_error"], self.parameters),
-                "history": self.history, "model": self.model}
+        return {
+            "metrics": final_metrics(self.history, self.train_cfg["target_train_error"], self.parameters),
+            "history": self.history,
+            "model": self.model,
+        }
 
     def train_epoch(self, epoch: int) -> tuple[list[float], float]:
         """The epoch's training steps (from ``start_step`` when resumed mid-epoch). Returns the
@@ -245,8 +251,9 @@ class Job:
         first_bad = torch.zeros((), dtype=torch.long, device=device)  # the first step whose loss is not finite
         bad_loss = torch.zeros((), device=device)
         tick = time.perf_counter()
-        batches = self.pipeline.train_batches(epoch, self.seeds["order"], self.batch_size, self.generator, self.start_step,
-                                              ctx.dist.rank, ctx.dist.world)
+        batches = self.pipeline.train_batches(
+            epoch, self.seeds["order"], self.batch_size, self.generator, self.start_step, ctx.dist.rank, ctx.dist.world
+        )
         for step, (x, y) in enumerate(batches, start=self.start_step + 1):
             loss, logits = train_step(self.train_model, self.optimizer, x, y, self.precision, self.scaler)
             loss = loss.detach().to(device)
@@ -273,6 +280,21 @@ class Job:
             raise Diverged(epoch, self.steps, totals[0])
         return totals, train_s
 
+    def analyse(self, record: dict, outputs: list | None) -> None:
+        """LRN's divisor statistics into the record; the final per-image outputs beside the checkpoint."""
+        divisors = analyses.measure_divisors(self.model, self.pipeline, self.train_cfg["eval_batch_size"], self.precision)
+        if divisors:  # LRN's effective strength, on the same first held-out batch
+            record["lrn_divisor"] = divisors
+        if outputs:
+            test_images = getattr(self.ctx.data, "test_images", None)  # in memory: keyed by content, else by position
+            analyses.save_outputs(
+                analyses.outputs_path(self.ctx.checkpoint),
+                torch.cat([p for p, _ in outputs]),
+                torch.cat([y for _, y in outputs]),
+                record["test_views"],
+                analyses.image_keys(test_images) if test_images is not None else None,
+            )
+
     def end_epoch(self, epoch: int, totals: list[float], train_s: float) -> bool:
         """Evaluate, record, step the schedule, checkpoint. True when the job is done (its last
         epoch, or the target reached with ``stop_at_target``)."""
@@ -288,9 +310,17 @@ class Job:
         # The plain module, not the DDP or compiled wrapper: DDP would sync buffers on every forward
         # (ranks can have unequal test batches) and compiled graphs ignore the probe's hooks.
         try:  # a stop request during evaluation (a single process only: DDP ranks stop at epoch ends together)
-            top1, top5, saturation = evaluate(self.model, self.pipeline, self.train_cfg["eval_batch_size"], self.precision,
-                                              self.ctx.dist, final, probe=True, stop=None if self.ctx.dist.active else self.ctx.stop,
-                                              keep=outputs)
+            top1, top5, saturation = evaluate(
+                self.model,
+                self.pipeline,
+                self.train_cfg["eval_batch_size"],
+                self.precision,
+                self.ctx.dist,
+                final,
+                probe=True,
+                stop=None if self.ctx.dist.active else self.ctx.stop,
+                keep=outputs,
+            )
         except EvaluationStopped:
             # every step of the epoch is done: checkpoint as "all steps, not yet evaluated"; resume evaluates
             self.sums = EpochSums(totals[0], totals[1], totals[2], train_s)
@@ -312,14 +342,7 @@ class Job:
             "skipped_unreadable": self.pipeline.skipped,  # images a streaming dataset could not read, so far
             "saturation": saturation,  # of the first held-out batch
         }
-        divisors = analyses.measure_divisors(self.model, self.pipeline, self.train_cfg["eval_batch_size"], self.precision)
-        if divisors:  # LRN's effective strength, on the same first held-out batch
-            record["lrn_divisor"] = divisors
-        if outputs:
-            test_images = getattr(self.ctx.data, "test_images", None)  # in memory: keyed by content, else by position
-            analyses.save_outputs(analyses.outputs_path(self.ctx.checkpoint), torch.cat([p for p, _ in outputs]),
-                                  torch.cat([y for _, y in outputs]), record["test_views"],
-                                  analyses.image_keys(test_images) if test_images is not None else None)
+        self.analyse(record, outputs)
         self.history.append(record)
         self.schedule.step({"test_top1": top1, "test_top5": top5, "train_error": train_error, "train_loss": record["train_loss"]})
         self.sums, self.start_step, self.generator = EpochSums(), 0, None

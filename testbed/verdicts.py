@@ -44,8 +44,14 @@ class Settings:
         return 1 - self.alpha / self.looks
 
     def as_json(self) -> dict:
-        return {"confidence": self.confidence, "correction": self.correction, "looks": self.looks,
-                "alpha": self.alpha, "interval_level": self.interval_level, "power": POWER}
+        return {
+            "confidence": self.confidence,
+            "correction": self.correction,
+            "looks": self.looks,
+            "alpha": self.alpha,
+            "interval_level": self.interval_level,
+            "power": POWER,
+        }
 
 
 def check_confidence(value, where: str) -> float:
@@ -123,10 +129,21 @@ def _base_result(variant: Arm, reference: Arm, level: float) -> dict:
         return statistics.fmean(arm.values.values()) if arm.values else None
 
     m_v, m_r = mean(variant), mean(reference)
-    out = {"delta": m_v - m_r if m_v is not None and m_r is not None else None, "se": None,
-           "ci_low": None, "ci_high": None, "ci_level": level, "p_value": None, "p_adjusted": None,
-           "verdict": "inconclusive", "reason": None, "test": None, "df": None,
-           "n_variant": len(variant.values), "n_reference": len(reference.values)}
+    out = {
+        "delta": m_v - m_r if m_v is not None and m_r is not None else None,
+        "se": None,
+        "ci_low": None,
+        "ci_high": None,
+        "ci_level": level,
+        "p_value": None,
+        "p_adjusted": None,
+        "verdict": "inconclusive",
+        "reason": None,
+        "test": None,
+        "df": None,
+        "n_variant": len(variant.values),
+        "n_reference": len(reference.values),
+    }
     if variant.censored or reference.censored:
         out["censored"] = {"variant": len(variant.censored), "reference": len(reference.censored)}
     return out
@@ -138,8 +155,10 @@ def untestable(variant: Arm, reference: Arm) -> str | None:
         if not arm.values:
             return f"missing: the {side} has no finished seed with this metric"
     if min(len(variant.values), len(reference.values)) < 2:
-        return ("1 seed: no spread measured, so no test; 2 seeds per arm give one and 3 or more a useful "
-                "interval (the 95% t quantile is 12.71 with 1 degree of freedom, 4.30 with 2)")
+        return (
+            "1 seed: no spread measured, so no test; 2 seeds per arm give one and 3 or more a useful "
+            "interval (the 95% t quantile is 12.71 with 1 degree of freedom, 4.30 with 2)"
+        )
     if len(variant.censored) == len(variant.values) and len(reference.censored) == len(reference.values):
         return "censored: no seed of either arm reached the target, so both are only lower bounds"
     return None
@@ -149,8 +168,10 @@ def _no_spread(spread: float, values) -> bool:
     return not spread > ROUNDING * max(1.0, *(abs(v) for v in values))
 
 
-NO_SPREAD = ("no spread: the seeds gave identical values (paired: identical differences), which a t-test cannot judge; "
-             "more seeds or a finer measure may")
+NO_SPREAD = (
+    "no spread: the seeds gave identical values (paired: identical differences), which a t-test cannot judge; "
+    "more seeds or a finer measure may"
+)
 
 
 def difference(variant: Arm, reference: Arm, pairs: list | None, level: float) -> dict:
@@ -176,8 +197,13 @@ def difference(variant: Arm, reference: Arm, pairs: list | None, level: float) -
         out["reason"] = NO_SPREAD
         return out
     ci = result.confidence_interval(confidence_level=level)
-    out.update(se=_standard_error(spread, out["n_variant"], out["n_reference"]),
-               ci_low=float(ci.low), ci_high=float(ci.high), p_value=float(result.pvalue), df=float(result.df))
+    out.update(
+        se=_standard_error(spread, out["n_variant"], out["n_reference"]),
+        ci_low=float(ci.low),
+        ci_high=float(ci.high),
+        p_value=float(result.pvalue),
+        df=float(result.df),
+    )
     return out
 
 
@@ -215,9 +241,14 @@ def dunnett(variants: dict, control: Arm, level: float) -> dict:
     for i, name in enumerate(testable):
         t, r = float(res.statistic[i]), results[name]
         r.update(
-            test="dunnett", df=float(df), sd={"pooled": pooled}, se=_standard_error({"pooled": pooled}, r["n_variant"], r["n_reference"]),
-            ci_low=float(ci.low[i]), ci_high=float(ci.high[i]),
-            p_value=float(2 * stats.t.sf(abs(t), df)), p_adjusted=float(res.pvalue[i]),
+            test="dunnett",
+            df=float(df),
+            sd={"pooled": pooled},
+            se=_standard_error({"pooled": pooled}, r["n_variant"], r["n_reference"]),
+            ci_low=float(ci.low[i]),
+            ci_high=float(ci.high[i]),
+            p_value=float(2 * stats.t.sf(abs(t), df)),
+            p_adjusted=float(res.pvalue[i]),
         )
     return results
 
@@ -246,11 +277,15 @@ def decide(result: dict, alpha: float) -> dict:
     direction = "better" if result["delta"] < 0 else "worse"
     censored = result.get("censored", {})
     if direction == "better" and censored.get("variant"):
-        result["reason"] = (f"censored: {censored['variant']} seed(s) of the variant never reached the target; "
-                            "their epochs are lower bounds, which can show it worse but not better")
+        result["reason"] = (
+            f"censored: {censored['variant']} seed(s) of the variant never reached the target; "
+            "their epochs are lower bounds, which can show it worse but not better"
+        )
     elif direction == "worse" and censored.get("reference"):
-        result["reason"] = (f"censored: {censored['reference']} seed(s) of the reference never reached the target; "
-                            "their epochs are lower bounds, which can show the variant better but not worse")
+        result["reason"] = (
+            f"censored: {censored['reference']} seed(s) of the reference never reached the target; "
+            "their epochs are lower bounds, which can show the variant better but not worse"
+        )
     else:
         result["verdict"] = direction
     return result

@@ -70,8 +70,10 @@ class LocallyConnected2d(nn.Module):
         return out.permute(1, 2, 0).reshape(batch, self.out_channels, h, w) + self.bias
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, kernel_size={self.kernel_size}, "
-                f"padding={self.padding}, stride={self.stride}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, kernel_size={self.kernel_size}, "
+            f"padding={self.padding}, stride={self.stride}"
+        )
 
 
 def _flat_size(features: nn.Module, channels: int, size: int) -> int:
@@ -88,7 +90,7 @@ def _average_pool() -> nn.Module:
 class ConvNet(nn.Module):
     """A feature stack and one FC layer (``fc10``), as both cuda-convnet nets end."""
 
-    def __init__(self, plan: NetPlan, features: "OrderedDict[str, nn.Module]", classes: int, shown: tuple[str, ...]):
+    def __init__(self, plan: NetPlan, features: OrderedDict[str, nn.Module], classes: int, shown: tuple[str, ...]):
         super().__init__()
         self.plan = plan
         self.shown_layers = shown
@@ -108,11 +110,21 @@ class Net18pct(Architecture):
 
     def build(self, request: NetRequest) -> nn.Module:
         s, (f1, f2, f3) = request.slots, self.filters
-        features = OrderedDict([
-            ("conv1", nn.Conv2d(3, f1, 5, padding=2)), ("pool1", s.pooling()), ("act1", s.activation()), ("norm1", s.normalization(f1)),
-            ("conv2", nn.Conv2d(f1, f2, 5, padding=2)), ("act2", s.activation()), ("pool2", _average_pool()), ("norm2", s.normalization(f2)),
-            ("conv3", nn.Conv2d(f2, f3, 5, padding=2)), ("act3", s.activation()), ("pool3", _average_pool()),
-        ])
+        features = OrderedDict(
+            [
+                ("conv1", nn.Conv2d(3, f1, 5, padding=2)),
+                ("pool1", s.pooling()),
+                ("act1", s.activation()),
+                ("norm1", s.normalization(f1)),
+                ("conv2", nn.Conv2d(f1, f2, 5, padding=2)),
+                ("act2", s.activation()),
+                ("pool2", _average_pool()),
+                ("norm2", s.normalization(f2)),
+                ("conv3", nn.Conv2d(f2, f3, 5, padding=2)),
+                ("act3", s.activation()),
+                ("pool3", _average_pool()),
+            ]
+        )
         shown = ("conv1", "pool1", "norm1", "conv2", "pool2", "norm2", "conv3", "pool3", "fc10")
         return ConvNet(NetPlan("convnet-18pct", 32), features, request.classes, shown)
 
@@ -126,16 +138,28 @@ class ConvLocal(Architecture):
 
     def build(self, request: NetRequest) -> nn.Module:
         s, (f1, f2), (l3, l4) = request.slots, self.filters, self.local_filters
-        head = OrderedDict([
-            ("conv1", nn.Conv2d(3, f1, 5, padding=2)), ("act1", s.activation()), ("pool1", s.pooling()), ("norm1", s.normalization(f1)),
-            ("conv2", nn.Conv2d(f1, f2, 5, padding=2)), ("act2", s.activation()), ("norm2", s.normalization(f2)), ("pool2", s.pooling()),
-        ])
+        head = OrderedDict(
+            [
+                ("conv1", nn.Conv2d(3, f1, 5, padding=2)),
+                ("act1", s.activation()),
+                ("pool1", s.pooling()),
+                ("norm1", s.normalization(f1)),
+                ("conv2", nn.Conv2d(f1, f2, 5, padding=2)),
+                ("act2", s.activation()),
+                ("norm2", s.normalization(f2)),
+                ("pool2", s.pooling()),
+            ]
+        )
         side = math.isqrt(_flat_size(nn.Sequential(head), 3, 24) // f2)  # 6 with the paper's pooling; the slot decides
-        features = OrderedDict([
-            *head.items(),
-            ("local3", LocallyConnected2d(f2, l3, side, 3, padding=1)), ("act3", s.activation()),
-            ("local4", LocallyConnected2d(l3, l4, side, 3, padding=1)), ("act4", s.activation()),
-        ])
+        features = OrderedDict(
+            [
+                *head.items(),
+                ("local3", LocallyConnected2d(f2, l3, side, 3, padding=1)),
+                ("act3", s.activation()),
+                ("local4", LocallyConnected2d(l3, l4, side, 3, padding=1)),
+                ("act4", s.activation()),
+            ]
+        )
         shown = ("conv1", "pool1", "norm1", "conv2", "norm2", "pool2", "local3", "local4", "fc10")
         return ConvNet(NetPlan("conv-local", 24), features, request.classes, shown)
 
@@ -160,17 +184,36 @@ CONVNET_SLOTS = ("activation", "normalization", "pooling", "init", "placement")
 CONVNET_PLACEMENTS = ("single", "data-parallel")
 # The authors' layer files: cuda-convnet's rnorm (size 3; scale 0.00005 and pow 0.75 from
 # layer-params-18pct.cfg) and cmrnorm (size 9, scale 0.001, pow 0.75; paper.md), k = 1.
-DEFAULTS_18PCT = {"normalization": {"name": "rnorm", "size": 3, "alpha": 5e-5, "beta": 0.75, "k": 1.0},
-                  "init": "cuda-convnet", "placement": "single", "dropout": 0.0}
-DEFAULTS_CONV_LOCAL = {"normalization": {"name": "lrn", "size": 9, "alpha": 0.001, "beta": 0.75, "k": 1.0,
-                                         "alpha_convention": "divided-by-n"},
-                       "init": "cuda-convnet", "placement": "single", "dropout": 0.0}
+DEFAULTS_18PCT = {
+    "normalization": {"name": "rnorm", "size": 3, "alpha": 5e-5, "beta": 0.75, "k": 1.0},
+    "init": "cuda-convnet",
+    "placement": "single",
+    "dropout": 0.0,
+}
+DEFAULTS_CONV_LOCAL = {
+    "normalization": {"name": "lrn", "size": 9, "alpha": 0.001, "beta": 0.75, "k": 1.0, "alpha_convention": "divided-by-n"},
+    "init": "cuda-convnet",
+    "placement": "single",
+    "dropout": 0.0,
+}
 
 
 @hookimpl
 def register_architectures(register):
     register("alexnet", AlexNetArchitecture, "the paper's AlexNet: 5 conv + 3 FC, imagenet (227 px) or cifar (32 px) geometry")
-    register("convnet-18pct", convnet_18pct, "the authors' Figure 1 net (cuda-convnet layers-18pct): 3 convs + 1 FC at 32 px",
-             slots=CONVNET_SLOTS, placements=CONVNET_PLACEMENTS, defaults=DEFAULTS_18PCT)
-    register("conv-local", conv_local, "the authors' LRN-claim net (layers-conv-local-11pct): 2 convs + 2 locally connected + 1 FC, 24 px",
-             slots=CONVNET_SLOTS, placements=CONVNET_PLACEMENTS, defaults=DEFAULTS_CONV_LOCAL)
+    register(
+        "convnet-18pct",
+        convnet_18pct,
+        "the authors' Figure 1 net (cuda-convnet layers-18pct): 3 convs + 1 FC at 32 px",
+        slots=CONVNET_SLOTS,
+        placements=CONVNET_PLACEMENTS,
+        defaults=DEFAULTS_18PCT,
+    )
+    register(
+        "conv-local",
+        conv_local,
+        "the authors' LRN-claim net (layers-conv-local-11pct): 2 convs + 2 locally connected + 1 FC, 24 px",
+        slots=CONVNET_SLOTS,
+        placements=CONVNET_PLACEMENTS,
+        defaults=DEFAULTS_CONV_LOCAL,
+    )

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from testbed import hookimpl
-from testbed.data import AugmentContext, Augmentation, TestViews, center_crop
+from testbed.data import Augmentation, AugmentContext, TestViews, center_crop
 
 
 def crop_batch(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
@@ -144,5 +144,9 @@ def register_augmentations(register):
     register("hflip", hflip, "horizontal reflection with probability p [train]", role="train")
     register("pca-lighting", pca_lighting, "PCA colour noise, alpha ~ N(0, 0.1) per image (section 4.1) [train]", role="train")
     register("center", center, "the centre patch [test]", role="test")
-    register("ten-crop", ten_crop, "4 corners + centre and their reflections, softmax averaged (section 4.1; 32 px: of images padded by 4) [test]",
-             role="test")
+    register(
+        "ten-crop",
+        ten_crop,
+        "4 corners + centre and their reflections, softmax averaged (section 4.1; 32 px: of images padded by 4) [test]",
+        role="test",
+    )

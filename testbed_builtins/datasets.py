@@ -114,8 +114,10 @@ def decode_folder_split(split_dir: Path, class_names: list[str]) -> tuple[torch.
         try:
             files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         except OSError as exc:  # missing or unreadable class folder
-            raise BadInput(f"{folder}: cannot list the class folder ({exc.strerror or exc}); {split_dir} needs one folder per class: "
-                           f"{', '.join(class_names)}") from None
+            raise BadInput(
+                f"{folder}: cannot list the class folder ({exc.strerror or exc}); {split_dir} needs one folder per class: "
+                f"{', '.join(class_names)}"
+            ) from None
         for path in files:
             try:
                 images.append(decode_image(read_file(str(path)), mode=ImageReadMode.RGB))
@@ -198,5 +200,9 @@ def cifar10(request: DataRequest, *, download: bool = True):
 @hookimpl
 def register_datasets(register):
     # image_size and classes: what `testbed show` may assume without loading the data
-    register("synthetic", synthetic, "generated class-dependent shapes, colours and textures; deterministic, offline", image_size=32, classes=10)
-    register("cifar10", cifar10, "CIFAR-10: imagefolder JPEGs under $TESTBED_DATA/cifar10, or torchvision's download", image_size=32, classes=10)
+    register(
+        "synthetic", synthetic, "generated class-dependent shapes, colours and textures; deterministic, offline", image_size=32, classes=10
+    )
+    register(
+        "cifar10", cifar10, "CIFAR-10: imagefolder JPEGs under $TESTBED_DATA/cifar10, or torchvision's download", image_size=32, classes=10
+    )

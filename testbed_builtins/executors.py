@@ -112,8 +112,11 @@ def run_on_worker(spec: JobSpec, topic: str, stop_name: str, threads: int) -> Jo
     if stop.requested:
         return None
     if not (Path(spec.run_dir) / RUN_MARKER).is_file():
-        return JobOutcome("failed", f"worker {worker.address} on host {platform.node()} cannot see the run directory {spec.run_dir}: "
-                                    f"every worker needs it at the same path, on a filesystem shared with the driver")
+        return JobOutcome(
+            "failed",
+            f"worker {worker.address} on host {platform.node()} cannot see the run directory {spec.run_dir}: "
+            f"every worker needs it at the same path, on a filesystem shared with the driver",
+        )
     torch.set_num_threads(threads)
     return execute_job(spec, _Relay(worker, topic), stop, Dist())
 
@@ -138,8 +141,19 @@ class Dask(Executor):
             client.subscribe_topic(topic, inbox.put)  # called on the client's thread: only queue here
             stop_event = Event(stop_name, client=client)
             resources = {"GPU": 1} if any(torch.device(s.device).type == "cuda" for s in jobs) else None
-            futures = {client.submit(run_on_worker, spec, topic, stop_name, threads, key=f"testbed-{spec.variant.name}-{spec.seed}-{uuid.uuid4().hex[:8]}",
-                                     resources=resources, pure=False): spec for spec in jobs}
+            futures = {
+                client.submit(
+                    run_on_worker,
+                    spec,
+                    topic,
+                    stop_name,
+                    threads,
+                    key=f"testbed-{spec.variant.name}-{spec.seed}-{uuid.uuid4().hex[:8]}",
+                    resources=resources,
+                    pure=False,
+                ): spec
+                for spec in jobs
+            }
             return self._follow(futures, inbox, driver, stop, stop_event, jobs)
         finally:
             client.close()
@@ -178,9 +192,11 @@ class Dask(Executor):
             try:
                 return None, Client(self.scheduler, timeout=CONNECT_TIMEOUT_S)
             except (OSError, TimeoutError) as exc:
-                raise BadInput(f"--scheduler {self.scheduler}: cannot reach a Dask scheduler there ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:120] if str(exc) else 'timed out'}); start one with `dask scheduler`, "
-                               f"or leave out --scheduler to start a local cluster") from None
+                raise BadInput(
+                    f"--scheduler {self.scheduler}: cannot reach a Dask scheduler there ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:120] if str(exc) else 'timed out'}); start one with `dask scheduler`, "
+                    f"or leave out --scheduler to start a local cluster"
+                ) from None
         cuda = any(torch.device(s.device).type == "cuda" for s in jobs)
         cluster = local_cluster(self.workers, threads, cuda)
         return cluster, Client(cluster)

@@ -70,7 +70,8 @@ def _to_rgb_uint8(image: torch.Tensor) -> torch.Tensor:
 
 def _resize_crop(image: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
     """Shorter side to ``resize`` (bilinear, antialiased), then the central ``crop`` x ``crop``."""
-    from torchvision.transforms.v2.functional import center_crop, resize as resize_fn
+    from torchvision.transforms.v2.functional import center_crop
+    from torchvision.transforms.v2.functional import resize as resize_fn
 
     h, w = image.shape[-2:]
     if min(h, w) < 1:
@@ -175,7 +176,7 @@ class ImageFolderSplit(torch.utils.data.Dataset):
         torch.set_num_threads(1)
         try:
             elapsed, done = 0.0, 0
-            for attempt in range(2):
+            for _attempt in range(2):  # the first pass warms the caches
                 tick, done = time.perf_counter(), 0
                 for i in picks:
                     try:
@@ -398,9 +399,11 @@ def imagefolder(
         if decode_device == "cuda":
             _say("note: decode_device = 'cuda' applies to in-memory loading; streamed images are decoded by CPU workers")
         rate = train_set.decode_rate(16)
-        _say(f"streaming {len(train_set)} + {len(test_set)} images from {root} ({in_bytes / 2**30:.1f} GiB decoded; "
-             f"{workers} workers, {crop} px); one core decodes about {rate:.0f} images/s, so {workers} workers feed "
-             f"about {rate * max(workers, 1):.0f} images/s (`testbed bench` compares it with the training step)")
+        _say(
+            f"streaming {len(train_set)} + {len(test_set)} images from {root} ({in_bytes / 2**30:.1f} GiB decoded; "
+            f"{workers} workers, {crop} px); one core decodes about {rate:.0f} images/s, so {workers} workers feed "
+            f"about {rate * max(workers, 1):.0f} images/s (`testbed bench` compares it with the training step)"
+        )
         return StreamingData(train_set, test_set, list(names), crop, workers)
 
     started = time.monotonic()

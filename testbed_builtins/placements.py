@@ -179,8 +179,10 @@ class TwoDevice(Placement):
 
     def check_devices(self, device: torch.device) -> None:
         if self.devices is None and device.type == "cuda" and torch.cuda.device_count() < 2:
-            raise ValueError(f"this machine has one CUDA device, so both towers would share {device} (what 'grouped' computes, "
-                             f"more slowly); use placement 'grouped', or ask for it: devices = [\"cuda:0\", \"cuda:0\"]")
+            raise ValueError(
+                f"this machine has one CUDA device, so both towers would share {device} (what 'grouped' computes, "
+                f'more slowly); use placement \'grouped\', or ask for it: devices = ["cuda:0", "cuda:0"]'
+            )
         for name in self.resolved_devices(device):
             d = torch.device(name)
             if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):

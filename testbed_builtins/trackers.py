@@ -27,8 +27,9 @@ from testbed.tracking import Tracker, scalars
 def _require(modules: tuple[str, ...], extra: str, what: str) -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise ValueError(f"{what} needs the package(s) {', '.join(missing)}, which are not installed; "
-                         f"install them with: pip install 'testbed[{extra}]'")
+        raise ValueError(
+            f"{what} needs the package(s) {', '.join(missing)}, which are not installed; install them with: pip install 'testbed[{extra}]'"
+        )
 
 
 def _hparam_value(value):
@@ -116,14 +117,17 @@ class MLflow(Tracker):
         self.experiment_id = found.experiment_id if found is not None else self.client.create_experiment(name)
         run_dir = str(Path(run.run_dir).resolve())
         tags = {"testbed.run_dir": run_dir, "testbed.command": " ".join(run.command)[:5000], "testbed.version": run.testbed_version}
-        existing = self._find(f"tags.`testbed.run_dir` = '{_quoted(run_dir)}' AND tags.`testbed.kind` = 'run'") if run.kind == "resume" else None
+        existing = (
+            self._find(f"tags.`testbed.run_dir` = '{_quoted(run_dir)}' AND tags.`testbed.kind` = 'run'") if run.kind == "resume" else None
+        )
         self.resuming = existing is not None
         if existing is not None:  # a resumed run: its parent goes on
             self.parent = existing
             self.client.update_run(existing, status="RUNNING")
             return
-        self.parent = self.client.create_run(self.experiment_id, run_name=f"{run.experiment} ({Path(run_dir).name})",
-                                             tags={**tags, "testbed.kind": "run"}).info.run_id
+        self.parent = self.client.create_run(
+            self.experiment_id, run_name=f"{run.experiment} ({Path(run_dir).name})", tags={**tags, "testbed.kind": "run"}
+        ).info.run_id
 
     def _find(self, query: str) -> str | None:
         runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
@@ -133,7 +137,11 @@ class MLflow(Tracker):
         from mlflow.entities import Param
 
         label = f"{job.variant}/seed-{job.seed}"
-        existing = self._find(f"tags.`mlflow.parentRunId` = '{self.parent}' AND tags.`testbed.job` = '{_quoted(label)}'") if self.resuming else None
+        existing = (
+            self._find(f"tags.`mlflow.parentRunId` = '{self.parent}' AND tags.`testbed.job` = '{_quoted(label)}'")
+            if self.resuming
+            else None
+        )
         if existing is not None:  # resumed: its earlier epochs are there already (params are logged again: the same values)
             run_id, history = existing, []
             self.client.update_run(existing, status="RUNNING")
@@ -142,7 +150,9 @@ class MLflow(Tracker):
             run_id = self.client.create_run(self.experiment_id, run_name=f"{job.variant} seed {job.seed}", tags=tags).info.run_id
         self.runs[job.key] = run_id
         params = [Param(k, str(v)[:6000]) for k, v in job.params.items()]
-        params += [Param(f"plugin.{slot}", f"{c['plugin']} {c['version']}".strip()) for slot, c in job.components.items() if isinstance(c, dict)]
+        params += [
+            Param(f"plugin.{slot}", f"{c['plugin']} {c['version']}".strip()) for slot, c in job.components.items() if isinstance(c, dict)
+        ]
         for i in range(0, len(params), MAX_BATCH):
             self.client.log_batch(run_id, params=params[i : i + MAX_BATCH])
         for record in history:

@@ -11,8 +11,8 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_testbed
+
 from testbed import analyses
 from testbed.model import build_model, paper_layers
 from testbed.neighbours import nearest
@@ -97,8 +97,12 @@ def test_ensemble_aligns_seeds_by_image_over_the_images_they_share():
     keys = np.arange(6)
     # seed 1 saw images 2..5 and two it alone has, in another order
     order = np.array([5, 3, 2, 4])
-    other = {"probabilities": np.concatenate([p[1][order], p[1][:2]]), "labels": np.concatenate([labels[order], [3, 3]]),
-             "keys": np.concatenate([keys[order], [90, 91]]), "views": "center"}
+    other = {
+        "probabilities": np.concatenate([p[1][order], p[1][:2]]),
+        "labels": np.concatenate([labels[order], [3, 3]]),
+        "keys": np.concatenate([keys[order], [90, 91]]),
+        "views": "center",
+    }
     result = analyses.ensemble([{"probabilities": p[0], "labels": labels, "keys": keys, "views": "center"}, other])
     shared = [2, 3, 4, 5]
     expected = np.mean(((p[0][shared] + p[1][shared]) / 2).argmax(1) != labels[shared])
@@ -120,8 +124,19 @@ def test_a_default_experiment_on_generated_data_is_flagged_at_chance_with_a_sugg
     (tmp_path / "defaults.toml").write_text(DEFAULTS)
     shown = run_testbed("show", tmp_path / "defaults.toml")
     assert shown.returncode == 0 and "known not to train" in shown.stderr
-    proc = run_testbed("run", tmp_path / "defaults.toml", "--out", tmp_path / "run", "--json", "-q",
-                       "--set", "train.stop_at_chance=2", "--set", "train.epochs=4", timeout=SLOW)
+    proc = run_testbed(
+        "run",
+        tmp_path / "defaults.toml",
+        "--out",
+        tmp_path / "run",
+        "--json",
+        "-q",
+        "--set",
+        "train.stop_at_chance=2",
+        "--set",
+        "train.epochs=4",
+        timeout=SLOW,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "known not to train" in proc.stderr
     entry = json.loads(proc.stdout)["variants"][0]
@@ -241,7 +256,9 @@ def test_divisor_statistics_follow_the_formula_per_tower(registry, tiny_config, 
     for path, module in model.named_modules():
         if path.rsplit(".", 1)[-1] == "norm1":  # grouped/single: a TowerSplit; two-device: one module per tower
             parts = len(module.towers) if isinstance(module, TowerSplit) else 1
-            module.register_forward_pre_hook(lambda _m, i, path=path, parts=parts: towers_of.__setitem__(path, i[0].detach().chunk(parts, 1)))
+            module.register_forward_pre_hook(
+                lambda _m, i, path=path, parts=parts: towers_of.__setitem__(path, i[0].detach().chunk(parts, 1))
+            )
     probe = analyses.DivisorProbe(model)
     with torch.no_grad():
         model(3 * torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3)))

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from conftest import run_testbed
 from torch import nn
 
 from testbed.assembly import make_optimizer
@@ -17,8 +18,6 @@ from testbed.experiment import build_experiment
 from testbed.model import build_model, layer_shapes, paper_layers, parameter_count
 from testbed_builtins.architectures import LocallyConnected2d
 from testbed_builtins.normalizations import rnorm
-
-from conftest import run_testbed
 
 
 def pool_out(size: int) -> int:
@@ -36,10 +35,23 @@ def net_18pct_facts(classes=10):
     s1 = pool_out(32)
     s2 = pool_out(s1)
     s3 = pool_out(s2)
-    shapes = {"conv1": [32, 32, 32], "pool1": [32, s1, s1], "norm1": [32, s1, s1], "conv2": [32, s1, s1],
-              "pool2": [32, s2, s2], "norm2": [32, s2, s2], "conv3": [64, s2, s2], "pool3": [64, s3, s3], "fc10": [classes]}
-    params = {"conv1": conv_params(3, 32, 5), "conv2": conv_params(32, 32, 5), "conv3": conv_params(32, 64, 5),
-              "fc10": 64 * s3 * s3 * classes + classes}
+    shapes = {
+        "conv1": [32, 32, 32],
+        "pool1": [32, s1, s1],
+        "norm1": [32, s1, s1],
+        "conv2": [32, s1, s1],
+        "pool2": [32, s2, s2],
+        "norm2": [32, s2, s2],
+        "conv3": [64, s2, s2],
+        "pool3": [64, s3, s3],
+        "fc10": [classes],
+    }
+    params = {
+        "conv1": conv_params(3, 32, 5),
+        "conv2": conv_params(32, 32, 5),
+        "conv3": conv_params(32, 64, 5),
+        "fc10": 64 * s3 * s3 * classes + classes,
+    }
     return shapes, params
 
 
@@ -50,11 +62,24 @@ def net_conv_local_facts(local3=64, classes=10):
     s1 = pool_out(24)
     s2 = pool_out(s1)
     positions = s2 * s2
-    shapes = {"conv1": [64, 24, 24], "pool1": [64, s1, s1], "norm1": [64, s1, s1], "conv2": [64, s1, s1], "norm2": [64, s1, s1],
-              "pool2": [64, s2, s2], "local3": [local3, s2, s2], "local4": [32, s2, s2], "fc10": [classes]}
-    params = {"conv1": conv_params(3, 64, 5), "conv2": conv_params(64, 64, 5),
-              "local3": positions * (64 * 9 * local3 + local3), "local4": positions * (local3 * 9 * 32 + 32),
-              "fc10": 32 * positions * classes + classes}
+    shapes = {
+        "conv1": [64, 24, 24],
+        "pool1": [64, s1, s1],
+        "norm1": [64, s1, s1],
+        "conv2": [64, s1, s1],
+        "norm2": [64, s1, s1],
+        "pool2": [64, s2, s2],
+        "local3": [local3, s2, s2],
+        "local4": [32, s2, s2],
+        "fc10": [classes],
+    }
+    params = {
+        "conv1": conv_params(3, 64, 5),
+        "conv2": conv_params(64, 64, 5),
+        "local3": positions * (64 * 9 * local3 + local3),
+        "local4": positions * (local3 * 9 * 32 + 32),
+        "fc10": 32 * positions * classes + classes,
+    }
     return shapes, params
 
 
@@ -66,11 +91,14 @@ def built(registry, model: dict, classes=10, image_size=32, device=None):
     return build_model(cfg, classes, image_size, registry, device)
 
 
-@pytest.mark.parametrize("model, facts", [
-    ({"architecture": "convnet-18pct"}, net_18pct_facts()),
-    ({"architecture": "conv-local"}, net_conv_local_facts()),
-    ({"architecture": {"name": "conv-local", "local_filters": [32, 32]}, "normalization": "none"}, net_conv_local_facts(local3=32)),
-])
+@pytest.mark.parametrize(
+    "model, facts",
+    [
+        ({"architecture": "convnet-18pct"}, net_18pct_facts()),
+        ({"architecture": "conv-local"}, net_conv_local_facts()),
+        ({"architecture": {"name": "conv-local", "local_filters": [32, 32]}, "normalization": "none"}, net_conv_local_facts(local3=32)),
+    ],
+)
 def test_cuda_convnet_nets_match_their_layer_facts(registry, model, facts):
     shapes, params = facts
     net = built(registry, model)
@@ -108,7 +136,7 @@ def lc_loop(x, weight, bias, padding):
     out = torch.empty(x.shape[0], out_c, h, w, dtype=x.dtype)
     for i in range(h):
         for j in range(w):
-            patch = xp[:, :, i:i + k, j:j + k]  # [B, C, k, k]
+            patch = xp[:, :, i : i + k, j : j + k]  # [B, C, k, k]
             out[:, :, i, j] = (patch.unsqueeze(1) * weight[i, j].unsqueeze(0)).sum(dim=(2, 3, 4)) + bias[:, i, j]
     return out
 
@@ -143,7 +171,7 @@ def test_rnorm_matches_its_formula():
     ref = torch.empty_like(a)
     for y in range(6):
         for x in range(6):
-            window = a[:, :, max(0, y - 1):y + 2, max(0, x - 1):x + 2]  # clipped at the border
+            window = a[:, :, max(0, y - 1) : y + 2, max(0, x - 1) : x + 2]  # clipped at the border
             ref[:, :, y, x] = a[:, :, y, x] / (k + alpha / size**2 * (window**2).sum(dim=(2, 3))) ** beta
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
@@ -155,18 +183,21 @@ def test_the_existing_lrn_expresses_the_11pct_cmrnorm(registry):
     norm = registry.create("normalization", {"name": "lrn", "size": 9, "alpha": 0.001, "beta": 0.75, "k": 1.0}, 12)
     ref = torch.empty_like(a)
     for c in range(12):
-        window = a[:, max(0, c - 4):c + 5]
+        window = a[:, max(0, c - 4) : c + 5]
         ref[:, c] = a[:, c] / (1 + 0.001 / 9 * (window**2).sum(dim=1)) ** 0.75
     torch.testing.assert_close(norm(a), ref, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("model, key", [
-    ({"architecture": "convnet-18pct", "dropout": 0.5}, "model.dropout"),
-    ({"architecture": "convnet-18pct", "width": 0.5}, "model.width"),
-    ({"architecture": "conv-local", "skip": ["conv3"]}, "model.skip"),
-    ({"architecture": "conv-local", "placement": "grouped"}, "model.placement"),
-    ({"architecture": "conv-local", "placement": "one-gpu-half"}, "model.placement"),
-])
+@pytest.mark.parametrize(
+    "model, key",
+    [
+        ({"architecture": "convnet-18pct", "dropout": 0.5}, "model.dropout"),
+        ({"architecture": "convnet-18pct", "width": 0.5}, "model.width"),
+        ({"architecture": "conv-local", "skip": ["conv3"]}, "model.skip"),
+        ({"architecture": "conv-local", "placement": "grouped"}, "model.placement"),
+        ({"architecture": "conv-local", "placement": "one-gpu-half"}, "model.placement"),
+    ],
+)
 def test_what_an_architecture_lacks_is_refused_naming_the_key(registry, model, key):
     with pytest.raises(BadInput) as info:
         build_experiment({"model": model}, registry)
@@ -188,9 +219,18 @@ def test_show_refuses_with_exit_2_and_one_line(tmp_path):
 
 
 def test_param_groups_scale_bias_lr_and_set_layer_weight_decay(registry):
-    cfg = build_experiment({"model": {"architecture": "conv-local"}, "train": {
-        "optimizer": {"name": "sgd", "lr": 0.001, "weight_decay": 0.0005}, "bias_lr_scale": 2.0, "bias_weight_decay": 0.0,
-        "layer_weight_decay": {"local3": 0.004, "local4": 0.004, "fc10": 0.01}}}, registry).baseline.config
+    cfg = build_experiment(
+        {
+            "model": {"architecture": "conv-local"},
+            "train": {
+                "optimizer": {"name": "sgd", "lr": 0.001, "weight_decay": 0.0005},
+                "bias_lr_scale": 2.0,
+                "bias_weight_decay": 0.0,
+                "layer_weight_decay": {"local3": 0.004, "local4": 0.004, "fc10": 0.01},
+            },
+        },
+        registry,
+    ).baseline.config
     net = build_model(cfg["model"], 10, 32, registry, "cpu")
     optimizer = make_optimizer(cfg["train"], net, registry)
     settings = {}
@@ -206,9 +246,17 @@ def test_param_groups_scale_bias_lr_and_set_layer_weight_decay(registry):
 
 def test_param_groups_do_what_they_say_in_one_sgd_step(registry):
     """One plain SGD step (no momentum) moves each weight by lr * (grad + wd * w) and each bias by 2 lr * grad."""
-    cfg = build_experiment({"model": {"architecture": "convnet-18pct"}, "train": {
-        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}, "bias_lr_scale": 2.0,
-        "layer_weight_decay": {"fc10": 0.5}}}, registry).baseline.config
+    cfg = build_experiment(
+        {
+            "model": {"architecture": "convnet-18pct"},
+            "train": {
+                "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0},
+                "bias_lr_scale": 2.0,
+                "layer_weight_decay": {"fc10": 0.5},
+            },
+        },
+        registry,
+    ).baseline.config
     torch.manual_seed(4)
     net = build_model(cfg["model"], 10, 32, registry, "cpu")
     optimizer = make_optimizer(cfg["train"], net, registry)
@@ -226,8 +274,9 @@ def test_param_groups_do_what_they_say_in_one_sgd_step(registry):
 
 
 def test_an_unknown_layer_in_layer_weight_decay_is_bad_input(registry):
-    cfg = build_experiment({"model": {"architecture": "convnet-18pct"}, "train": {"layer_weight_decay": {"fc8": 0.1}}},
-                           registry).baseline.config
+    cfg = build_experiment(
+        {"model": {"architecture": "convnet-18pct"}, "train": {"layer_weight_decay": {"fc8": 0.1}}}, registry
+    ).baseline.config
     net = built(registry, {"architecture": "convnet-18pct"})
     with pytest.raises(BadInput, match="train.layer_weight_decay.fc8"):
         make_optimizer(cfg["train"], net, registry)

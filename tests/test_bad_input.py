@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -117,8 +117,9 @@ CASES = {
     "unknown section": Case("show", "[modle]\nwidth = 1", needles=("modle", "did you mean 'model'")),
     "wrong type": Case("show", "[train]\nepochs = 'ten'", needles=("train.epochs = 'ten'", "expected an integer")),
     "huge integer": Case("show", f"[train]\nepochs = {10**30}", needles=(f"train.epochs = {10**30}", "out of range")),
-    "huge integer parameter": Case("show", f"[augment]\ntrain = [{{ name = 'random-crop', padding = {10**30} }}]",
-                                   needles=("augment.train[0].padding", "too large")),
+    "huge integer parameter": Case(
+        "show", f"[augment]\ntrain = [{{ name = 'random-crop', padding = {10**30} }}]", needles=("augment.train[0].padding", "too large")
+    ),
     "negative size": Case("show", "[train]\nbatch_size = -8", needles=("train.batch_size = -8", "out of range")),
     "negative image size": Case("show", "[data]\nimage_size = -32", needles=("data.image_size = -32",)),
     "width 0": Case("show", "[model]\nwidth = 0", needles=("model.width = 0", "out of range")),
@@ -126,31 +127,49 @@ CASES = {
     "unknown dataset": Case("show", "[data]\ndataset = 'imagenett'", needles=("data.dataset = 'imagenett'", "cifar10", "synthetic")),
     "skip conv1": Case("show", "[model]\nskip = ['conv1']", needles=("model.skip", "conv1", "conv3, conv4, conv5")),
     "augment.test a train augmentation": Case("show", "[augment]\ntest = 'hflip'", needles=("augment.test = 'hflip'", "center, ten-crop")),
-    "augment.train a test view": Case("show", "[augment]\ntrain = ['random-crop', 'ten-crop']",
-                                      needles=("augment.train[1] = 'ten-crop'", "hflip, pca-lighting, random-crop")),
-    "unknown parameter": Case("show", "[model]\nnormalization = { name = 'lrn', sise = 3 }",
-                              needles=("model.normalization.sise", "did you mean 'size'")),
-    "parameter choice": Case("show", "[model]\nnormalization = { name = 'lrn', alpha_convention = 'per-trem' }",
-                             needles=("alpha_convention = 'per-trem'", "did you mean 'per-term'")),
-    "parameter refused by its component": Case("show", "[model]\nnormalization = { name = 'lrn', size = 4 }",
-                                               needles=("lrn", "odd", "got 4")),
+    "augment.train a test view": Case(
+        "show",
+        "[augment]\ntrain = ['random-crop', 'ten-crop']",
+        needles=("augment.train[1] = 'ten-crop'", "hflip, pca-lighting, random-crop"),
+    ),
+    "unknown parameter": Case(
+        "show", "[model]\nnormalization = { name = 'lrn', sise = 3 }", needles=("model.normalization.sise", "did you mean 'size'")
+    ),
+    "parameter choice": Case(
+        "show",
+        "[model]\nnormalization = { name = 'lrn', alpha_convention = 'per-trem' }",
+        needles=("alpha_convention = 'per-trem'", "did you mean 'per-term'"),
+    ),
+    "parameter refused by its component": Case(
+        "show", "[model]\nnormalization = { name = 'lrn', size = 4 }", needles=("lrn", "odd", "got 4")
+    ),
     # variants
     "variant name ../x": Case("show", TANH.replace('"tanh"\nmodel', '"../x"\nmodel'), needles=("variant[0].name = '../x'",)),
-    "variant name .hidden": Case("show", TANH.replace('"tanh"\nmodel', '".hidden"\nmodel'), needles=("variant[0].name = '.hidden'", "no leading dot")),
+    "variant name .hidden": Case(
+        "show", TANH.replace('"tanh"\nmodel', '".hidden"\nmodel'), needles=("variant[0].name = '.hidden'", "no leading dot")
+    ),
     "variant name a/b": Case("show", TANH.replace('"tanh"\nmodel', '"a/b"\nmodel'), needles=("variant[0].name = 'a/b'",)),
     "variant name too long": Case("show", TANH.replace('"tanh"\nmodel', f'"{"a" * 300}"\nmodel'), needles=("variant[0].name", "at most")),
     "duplicate variant names": Case("show", TANH + TANH, needles=("variant[1].name = 'tanh'", "duplicate")),
-    "variant key": Case("show", TANH + "model.activaton = 'relu'\n", needles=("variant 'tanh'", "model.activaton", "did you mean 'activation'")),
+    "variant key": Case(
+        "show", TANH + "model.activaton = 'relu'\n", needles=("variant 'tanh'", "model.activaton", "did you mean 'activation'")
+    ),
     # command line
     "--set without =": Case("show", TINY, args=("--set", "train.epochs"), needles=("--set train.epochs", "dotted.key=value")),
     "--set unknown key": Case("show", TINY, args=("--set", "train.epoch=2"), needles=("--set train.epoch", "did you mean 'epochs'")),
-    "--set bad value": Case("show", TINY, args=("--set", "model.activation=rleu"), needles=("model.activation = 'rleu'", "did you mean 'relu'")),
-    "--only unknown variant": Case("run", TINY + TANH, args=("--only", "tahn"), needles=("--only tahn", "did you mean 'tanh'", "baseline, tanh")),
+    "--set bad value": Case(
+        "show", TINY, args=("--set", "model.activation=rleu"), needles=("model.activation = 'rleu'", "did you mean 'relu'")
+    ),
+    "--only unknown variant": Case(
+        "run", TINY + TANH, args=("--only", "tahn"), needles=("--only tahn", "did you mean 'tanh'", "baseline, tanh")
+    ),
     "--seeds 0": Case("run", TINY, args=("--seeds", "0"), needles=("--seeds 0", "1..1000")),
     "--device cuda without CUDA": Case("run", TINY, args=("--device", "cuda"), needles=("--device cuda", "no CUDA device"), skip=NO_CUDA),
     "--device nonsense": Case("run", TINY, args=("--device", "quantum"), needles=("--device quantum", "cpu")),
     # data
-    "missing data folder": Case("run", setup=_empty_data_folder, needles=("{tmp}/exp.toml", "CIFAR-10 not found", "{tmp}/empty", "download is off")),
+    "missing data folder": Case(
+        "run", setup=_empty_data_folder, needles=("{tmp}/exp.toml", "CIFAR-10 not found", "{tmp}/empty", "download is off")
+    ),
     # run directories
     "resume: folder not a run": Case("resume", setup=_not_a_run, needles=("{tmp}/notes", "not a testbed run")),
     "resume: empty folder": Case("resume", setup=_empty_folder, needles=("{tmp}/nothing", "not a testbed run")),
@@ -160,7 +179,9 @@ CASES = {
     "report: folder not a run": Case("report", setup=_not_a_run, needles=("{tmp}/notes", "not a testbed run")),
     "report: no such folder": Case("report", setup=lambda tmp: tmp / "nowhere", needles=("{tmp}/nowhere", "no such run directory")),
     "report: damaged run": Case("report", setup=_damaged_run, needles=("{tmp}/damaged", "damaged results store")),
-    "report: experiment.json of the wrong shape": Case("report", setup=_run_with_wrong_experiment, needles=("{tmp}/damaged", "damaged results store")),
+    "report: experiment.json of the wrong shape": Case(
+        "report", setup=_run_with_wrong_experiment, needles=("{tmp}/damaged", "damaged results store")
+    ),
 }
 
 # Run as real subprocesses too: the closest thing to a user at a terminal.
@@ -222,8 +243,9 @@ def test_bad_input_cli(case: Case, tmp_path, env):
 @pytest.mark.parametrize("name", SUBPROCESS)
 def test_bad_input_subprocess(name, tmp_path, env):
     case = CASES[name]
-    proc = subprocess.run([sys.executable, "-m", "testbed", *_argv(case, tmp_path)], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "testbed", *_argv(case, tmp_path)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
     check_one_error_line(proc.returncode, proc.stdout, proc.stderr, case.needles, tmp_path)
     assert proc.stdout == ""
 
@@ -251,7 +273,9 @@ def _run(tmp: Path, out: Path, *args: str):
 def test_existing_run_is_not_overwritten(finished_run, tmp_path, env):
     before = {p: p.stat().st_mtime_ns for p in finished_run.rglob("*")}
     result = _run(tmp_path, finished_run)
-    line = check_one_error_line(result.exit_code, result.stdout, result.stderr, ("--out", str(finished_run), "already holds a run"), tmp_path)
+    line = check_one_error_line(
+        result.exit_code, result.stdout, result.stderr, ("--out", str(finished_run), "already holds a run"), tmp_path
+    )
     assert "--force" in line and f"testbed resume {finished_run}" in line
     assert {p: p.stat().st_mtime_ns for p in finished_run.rglob("*")} == before
 

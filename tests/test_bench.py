@@ -42,8 +42,17 @@ def test_hand_table_is_the_familiar_alexnet_cost():
 
 
 def test_forward_and_training_flops_of_the_paper_model_match_the_hand_count(registry):
-    cfg = {"geometry": "imagenet", "width": 1.0, "activation": "relu", "normalization": "lrn", "pooling": "overlapping",
-           "dropout": 0.5, "init": "pytorch", "placement": "grouped", "skip": []}
+    cfg = {
+        "geometry": "imagenet",
+        "width": 1.0,
+        "activation": "relu",
+        "normalization": "lrn",
+        "pooling": "overlapping",
+        "dropout": 0.5,
+        "init": "pytorch",
+        "placement": "grouped",
+        "skip": [],
+    }
     with torch.device("meta"):  # shapes only: no weights are allocated or computed
         model = build_model(cfg, 1000, 227, registry, device=None).module
     counted = count_flops(model, torch.empty(2, 3, 227, 227, device="meta"))
@@ -66,8 +75,17 @@ def test_bench_json_has_the_documented_keys_and_sane_values(bench_doc):
     assert doc["peak_gflops"] > 0
     assert [v["name"] for v in doc["variants"]] == ["baseline", "no-lrn"]
     for v in doc["variants"]:
-        for key in ("train_images_per_s", "data_images_per_s", "gflops_per_image", "peak_memory_mb", "step_ms", "data_ms",
-                    "train_gflops_per_image", "achieved_gflops", "loop_images_per_s"):
+        for key in (
+            "train_images_per_s",
+            "data_images_per_s",
+            "gflops_per_image",
+            "peak_memory_mb",
+            "step_ms",
+            "data_ms",
+            "train_gflops_per_image",
+            "achieved_gflops",
+            "loop_images_per_s",
+        ):
             assert isinstance(v[key], (int, float)) and v[key] > 0, (v["name"], key, v[key])
         assert 0 < v["utilisation"] <= 1, v
         assert 0 < v["data_fraction_of_step"] and 0 < v["augment_fraction_of_step"] and 0 <= v["data_fraction_in_loop"] < 1

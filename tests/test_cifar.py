@@ -38,7 +38,12 @@ def test_a_cifar_slice_learns_and_reports(tmp_path):
     doc = json.loads(run.stdout)
     top1 = doc["variants"][0]["metrics"]["top1_error"]["mean"]
     assert top1 < 0.8, top1  # chance is 0.9; 3 epochs of 2,000 real images
-    assert doc["variants"][0]["components"]["dataset"] == {"name": "cifar10", "params": {"download": True}, "plugin": "builtin.datasets", "version": doc["variants"][0]["components"]["dataset"]["version"]}
+    assert doc["variants"][0]["components"]["dataset"] == {
+        "name": "cifar10",
+        "params": {"download": True},
+        "plugin": "builtin.datasets",
+        "version": doc["variants"][0]["components"]["dataset"]["version"],
+    }
     for name in ("results.sqlite", "plots/learning-curves.png", "plots/conv1-baseline.png"):
         assert (tmp_path / "run" / name).is_file(), name
     report = run_testbed("report", tmp_path / "run", "--json")

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import _env, run_testbed, start_testbed
 
 GRID = """
@@ -62,7 +61,10 @@ def numbers(run: Path) -> tuple[list, list]:
     for row in db.execute("SELECT variant, seed, status, metrics FROM jobs ORDER BY variant, seed"):
         metrics = {k: v for k, v in json.loads(row["metrics"]).items() if not k.endswith(("_s", "_per_s"))}
         jobs.append((row["variant"], row["seed"], row["status"], metrics))
-    epochs = [{k: row[k] for k in row.keys() if k not in TIMINGS and k != "extra"} for row in db.execute("SELECT * FROM epochs ORDER BY variant, seed, epoch")]
+    epochs = [
+        {k: row[k] for k in row.keys() if k not in TIMINGS and k != "extra"}
+        for row in db.execute("SELECT * FROM epochs ORDER BY variant, seed, epoch")
+    ]
     return jobs, epochs
 
 
@@ -102,8 +104,10 @@ def running_job_past_an_epoch(run: Path):
     """(variant, seed, worker pid) of a running job with at least one finished epoch."""
     try:
         db = sqlite3.connect(run / "results.sqlite", timeout=1)
-        rows = db.execute("SELECT j.variant, j.seed, j.environment FROM jobs j WHERE j.status = 'running' AND "
-                          "(SELECT COUNT(*) FROM epochs e WHERE e.variant = j.variant AND e.seed = j.seed) >= 1").fetchall()
+        rows = db.execute(
+            "SELECT j.variant, j.seed, j.environment FROM jobs j WHERE j.status = 'running' AND "
+            "(SELECT COUNT(*) FROM epochs e WHERE e.variant = j.variant AND e.seed = j.seed) >= 1"
+        ).fetchall()
     except sqlite3.Error:
         return None
     for variant, seed, environment in rows:
@@ -170,12 +174,26 @@ def test_dasks_own_scheduler_and_workers_on_loopback_run_a_grid(tmp_path, serial
     address = f"tcp://127.0.0.1:{port}"
     env = _env(None)
     logs = open(tmp_path / "dask.log", "w")
-    processes = [subprocess.Popen(dask_command("scheduler") + ["--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                                  env=env, stdout=logs, stderr=logs, cwd=tmp_path)]
+    processes = [
+        subprocess.Popen(
+            dask_command("scheduler") + ["--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            env=env,
+            stdout=logs,
+            stderr=logs,
+            cwd=tmp_path,
+        )
+    ]
     try:
         for i in range(2):
-            processes.append(subprocess.Popen(dask_command("worker") + [address, "--nthreads", "1", "--no-dashboard", "--name", f"w{i}"],
-                                              env=env, stdout=logs, stderr=logs, cwd=tmp_path))
+            processes.append(
+                subprocess.Popen(
+                    dask_command("worker") + [address, "--nthreads", "1", "--no-dashboard", "--name", f"w{i}"],
+                    env=env,
+                    stdout=logs,
+                    stderr=logs,
+                    cwd=tmp_path,
+                )
+            )
         proc = run_ok("run", grid(tmp_path), "--out", tmp_path / "run", "--scheduler", address, "--json", "-q")
         assert json.loads(proc.stdout)["status"] == "ok"
         assert numbers(tmp_path / "run") == serial_reference

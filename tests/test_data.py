@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import needs_cifar, run_testbed
 
 from testbed.data import AugmentContext, DataRequest, InMemoryData, balanced_subset, center_crop, compute_stats, load_dataset
 from testbed.errors import BadInput
@@ -13,8 +14,6 @@ from testbed.experiment import build_experiment
 from testbed_builtins.augmentations import TenCrop, crop_batch, hflip, pca_lighting, random_crop, ten_crop
 from testbed_builtins.datasets import synthetic
 from testbed_builtins.preprocess import Raw, Standardize, SubtractMean
-
-from conftest import needs_cifar, run_testbed
 
 
 def request(**kw):
@@ -83,8 +82,8 @@ def test_pca_lighting_shift_has_the_specified_distribution():
     aug = pca_lighting(context(stats), std=0.1)
     gen = torch.Generator().manual_seed(0)
     shifts = aug.shifts(200_000, gen, "cpu").double()
-    v, l = stats.rgb_eigenvectors.double(), stats.rgb_eigenvalues.double()
-    expected = 255.0**2 * v @ torch.diag(0.01 * l * l) @ v.T
+    v, lam = stats.rgb_eigenvectors.double(), stats.rgb_eigenvalues.double()
+    expected = 255.0**2 * v @ torch.diag(0.01 * lam * lam) @ v.T
     empirical = torch.cov(shifts.T)
     assert torch.allclose(empirical, expected, rtol=0.02, atol=0.01 * expected.abs().max())  # ~5 sampling sd
     assert shifts.mean(0).abs().max() < 0.01 * expected.diagonal().sqrt().max()
@@ -140,7 +139,7 @@ def test_images_smaller_than_the_input_train_and_evaluate(tmp_path):
         '[data]\ndataset = "synthetic"\nimage_size = 28\ntrain_size = 64\ntest_size = 20\n'
         '[model]\ngeometry = "cifar"\nwidth = 0.125\n'
         '[augment]\ntrain = []\ntest = "center"\n'
-        '[train]\nepochs = 2\nbatch_size = 32\nseeds = 1\n'
+        "[train]\nepochs = 2\nbatch_size = 32\nseeds = 1\n"
         '[[variant]]\nname = "ten-crop"\naugment.test = { name = "ten-crop", padding = 4 }\n'
     )
     proc = run_testbed("run", str(file), "--out", str(tmp_path / "run"), "--json", "-q")
@@ -172,7 +171,7 @@ def test_random_crop_cuts_windows_of_the_padded_image():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     offsets = set()
     for b in range(16):
-        matches = [(t, l) for t in range(5) for l in range(5) if torch.equal(padded[b, :, t : t + 8, l : l + 8], out[b])]
+        matches = [(t, s) for t in range(5) for s in range(5) if torch.equal(padded[b, :, t : t + 8, s : s + 8], out[b])]
         assert len(matches) == 1
         offsets.add(matches[0])
     assert len(offsets) > 3  # images get different offsets
@@ -212,7 +211,9 @@ def test_preprocessing_of_a_known_image():
     # none: raw pixels
     torch.testing.assert_close(Raw(stats).apply(image), image)
     assert torch.equal(SubtractMean(stats).pixel_scale, torch.ones(3))
-    torch.testing.assert_close(Standardize(stats).pixel_scale.double(), 1 / train.double().transpose(0, 1).reshape(3, -1).std(1, unbiased=False), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        Standardize(stats).pixel_scale.double(), 1 / train.double().transpose(0, 1).reshape(3, -1).std(1, unbiased=False), rtol=1e-5, atol=0
+    )
 
 
 def test_pipeline_batches_are_deterministic_per_seed_and_epoch(registry):
@@ -228,9 +229,9 @@ def test_pipeline_batches_are_deterministic_per_seed_and_epoch(registry):
     variant = exp.baseline
     data = load_dataset(variant.config["data"], registry)
 
-    from testbed.model import build_model
     from testbed.assembly import build_pipeline
     from testbed.data import augmentation_generator
+    from testbed.model import build_model
 
     built = build_model(variant.config["model"], 10, 32, registry, "cpu")
     pipe = build_pipeline(variant, data, built, registry, "cpu")

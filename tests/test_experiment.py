@@ -40,7 +40,12 @@ def test_empty_file_is_the_papers_alexnet(tmp_path, registry):
     model = cfg["model"]
     assert model["activation"] == {"name": "relu"}  # section 3.1
     assert model["normalization"] == {  # section 3.3: k=2, n=5, alpha=1e-4, beta=0.75
-        "name": "lrn", "size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0, "alpha_convention": "divided-by-n"
+        "name": "lrn",
+        "size": 5,
+        "alpha": 1e-4,
+        "beta": 0.75,
+        "k": 2.0,
+        "alpha_convention": "divided-by-n",
     }
     assert model["pooling"] == {"name": "overlapping"}  # section 3.4: z=3, s=2
     assert model["dropout"] == 0.5  # section 4.2
@@ -65,11 +70,15 @@ def test_every_schema_key_is_resolved(tmp_path, registry):
 
 
 def test_component_given_as_table_fills_defaults(tmp_path, registry):
-    exp = load(tmp_path, registry, """
+    exp = load(
+        tmp_path,
+        registry,
+        """
         [model]
         normalization = { name = "lrn", k = 1 }
         activation = { name = "leaky-relu" }
-    """)
+    """,
+    )
     norm = exp.baseline.config["model"]["normalization"]
     assert norm == {"name": "lrn", "size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0, "alpha_convention": "divided-by-n"}
     assert isinstance(norm["k"], float)  # int widened to float
@@ -138,7 +147,12 @@ def test_component_table_override_merges_params(tmp_path, registry):
     assert v.changes == {"model.normalization.k": 1}
     # k changed; size=3 from the baseline and every other LRN default kept
     assert v.config["model"]["normalization"] == {
-        "name": "lrn", "size": 3, "alpha": 1e-4, "beta": 0.75, "k": 1.0, "alpha_convention": "divided-by-n"
+        "name": "lrn",
+        "size": 3,
+        "alpha": 1e-4,
+        "beta": 0.75,
+        "k": 1.0,
+        "alpha_convention": "divided-by-n",
     }
 
 
@@ -150,13 +164,21 @@ def test_new_component_name_replaces_params(tmp_path, registry):
 
 
 def test_variant_param_unknown_to_the_baseline_component_is_refused(tmp_path, registry):
-    refuse(tmp_path, registry, """
+    refuse(
+        tmp_path,
+        registry,
+        """
         [model]
         normalization = "batchnorm"
         [[variant]]
         name = "v"
         model.normalization.k = 1
-    """, "variant 'v'", "model.normalization.k", "unknown parameter", "batchnorm")
+    """,
+        "variant 'v'",
+        "model.normalization.k",
+        "unknown parameter",
+        "batchnorm",
+    )
 
 
 def test_experiment_round_trips_through_json(tmp_path, registry):
@@ -213,9 +235,19 @@ def test_parse_set_needs_equals(item):
 
 
 def test_set_overrides_the_baseline_and_variants_keep_their_own(tmp_path, registry):
-    exp = load(tmp_path, registry, VARIANTS, parse_set([
-        "model.activation=gelu", "train.epochs=2", "model.normalization.k=3", "model.dropout=0.25",
-    ]))
+    exp = load(
+        tmp_path,
+        registry,
+        VARIANTS,
+        parse_set(
+            [
+                "model.activation=gelu",
+                "train.epochs=2",
+                "model.normalization.k=3",
+                "model.dropout=0.25",
+            ]
+        ),
+    )
     base = exp.baseline.config
     assert base["model"]["activation"] == {"name": "gelu"}
     assert base["train"]["epochs"] == 2
@@ -231,12 +263,21 @@ def test_set_overrides_the_baseline_and_variants_keep_their_own(tmp_path, regist
 
 
 def test_set_component_name_drops_old_params(tmp_path, registry):
-    exp = load(tmp_path, registry, "[model]\nnormalization = { name = 'lrn', size = 3 }\n",
-               parse_set(["model.normalization.name=batchnorm"]))
+    exp = load(
+        tmp_path, registry, "[model]\nnormalization = { name = 'lrn', size = 3 }\n", parse_set(["model.normalization.name=batchnorm"])
+    )
     assert exp.baseline.config["model"]["normalization"] == {"name": "batchnorm", "momentum": 0.1, "eps": 1e-5}
     # a variant that tunes an LRN parameter no longer fits the new baseline component, and says so
-    refuse(tmp_path, registry, VARIANTS, "variant 'lrn-k1'", "model.normalization.k", "'batchnorm'", "eps, momentum",
-           overrides=parse_set(["model.normalization.name=batchnorm"]))
+    refuse(
+        tmp_path,
+        registry,
+        VARIANTS,
+        "variant 'lrn-k1'",
+        "model.normalization.k",
+        "'batchnorm'",
+        "eps, momentum",
+        overrides=parse_set(["model.normalization.name=batchnorm"]),
+    )
 
 
 @pytest.mark.parametrize(
@@ -281,7 +322,10 @@ BAD = {
     "section key": ("[model]\nactivaton = 'relu'", ["model.activaton", "unknown key", "did you mean 'activation'", "normalization"]),
     "section not a table": ("model = 3", ["model = 3", "expected a table [model]"]),
     "variant key": ("[[variant]]\nname = 'v'\nmodle.width = 1", ["variant 'v'", "modle", "did you mean 'model'"]),
-    "variant section key": ("[[variant]]\nname = 'v'\nmodel.activaton = 'tanh'", ["variant 'v'", "model.activaton", "did you mean 'activation'"]),
+    "variant section key": (
+        "[[variant]]\nname = 'v'\nmodel.activaton = 'tanh'",
+        ["variant 'v'", "model.activaton", "did you mean 'activation'"],
+    ),
     "variant section not a table": ("[[variant]]\nname = 'v'\nmodel = 3", ["variant 'v'", "model = 3", "table of overrides"]),
     "variant non-component sub-key": ("[[variant]]\nname = 'v'\nmodel.width.x = 1", ["variant 'v'", "model.width", "expected a number"]),
     "paper key": ("[[variant]]\nname = 'v'\npaper = { top2 = 1 }", ["paper.top2", "did you mean 'top5'", "top1, top5, claim"]),
@@ -291,26 +335,56 @@ BAD = {
     "description type": ("description = 3", ["description = 3", "expected a string"]),
     "variant description type": ("[[variant]]\nname = 'v'\ndescription = [1]", ["variant 'v'", "description = [1]", "expected a string"]),
     # unknown component names
-    "component": ("[model]\nactivation = 'rleu'", ["model.activation = 'rleu'", "unknown activation", "did you mean 'relu'", "gelu, leaky-relu, relu, sigmoid, tanh"]),
+    "component": (
+        "[model]\nactivation = 'rleu'",
+        ["model.activation = 'rleu'", "unknown activation", "did you mean 'relu'", "gelu, leaky-relu, relu, sigmoid, tanh"],
+    ),
     "component in table": ("[model]\nactivation = { name = 'rleu' }", ["model.activation", "'rleu'", "did you mean 'relu'"]),
     "dataset": ("[data]\ndataset = 'cifar100'", ["data.dataset = 'cifar100'", "unknown dataset", "did you mean 'cifar10'", "synthetic"]),
-    "component in list": ("[augment]\ntrain = ['hflip', 'random-crap']", ["augment.train[1] = 'random-crap'", "did you mean 'random-crop'"]),
-    "variant component": ("[[variant]]\nname = 'v'\nmodel.pooling = 'overlaping'", ["variant 'v'", "model.pooling = 'overlaping'", "did you mean 'overlapping'"]),
-    "component table without name": ("[model]\nactivation = { negative_slope = 0.1 }", ["model.activation", "needs a 'name'", "negative_slope"]),
+    "component in list": (
+        "[augment]\ntrain = ['hflip', 'random-crap']",
+        ["augment.train[1] = 'random-crap'", "did you mean 'random-crop'"],
+    ),
+    "variant component": (
+        "[[variant]]\nname = 'v'\nmodel.pooling = 'overlaping'",
+        ["variant 'v'", "model.pooling = 'overlaping'", "did you mean 'overlapping'"],
+    ),
+    "component table without name": (
+        "[model]\nactivation = { negative_slope = 0.1 }",
+        ["model.activation", "needs a 'name'", "negative_slope"],
+    ),
     "component name type": ("[model]\nactivation = { name = 3 }", ["model.activation.name = 3", "a string"]),
     "component wrong type": ("[model]\nactivation = ['relu']", ["model.activation = ['relu']", "component name or a table"]),
     # component parameters
-    "param unknown": ("[model]\nnormalization = { name = 'lrn', sise = 3 }", ["model.normalization.sise", "unknown parameter of normalization 'lrn'", "did you mean 'size'", "alpha_convention"]),
+    "param unknown": (
+        "[model]\nnormalization = { name = 'lrn', sise = 3 }",
+        ["model.normalization.sise", "unknown parameter of normalization 'lrn'", "did you mean 'size'", "alpha_convention"],
+    ),
     "param of parameterless": ("[model]\nactivation = { name = 'relu', slope = 1 }", ["model.activation.slope", "takes no parameters"]),
     "param type": ("[model]\nnormalization = { name = 'lrn', size = 'big' }", ["model.normalization.size = 'big'", "expected int"]),
     "param bool as int": ("[model]\nnormalization = { name = 'lrn', size = true }", ["model.normalization.size = True", "expected int"]),
-    "param choice": ("[model]\nnormalization = { name = 'lrn', alpha_convention = 'per-trem' }", ["alpha_convention = 'per-trem'", "'divided-by-n', 'per-term'", "did you mean 'per-term'"]),
-    "param list item": ("[model]\ninit = { name = 'paper', bias_one = ['fc6', 7] }", ["model.init.bias_one[1] = 7", "expected str, got int"]),
-    "param huge int": ("[augment]\ntrain = [{ name = 'random-crop', padding = 100000000000000000000000 }]", ["augment.train[0].padding", "too large"]),
-    "param huge int to float": ("[model]\nnormalization = { name = 'lrn', alpha = 1" + "0" * 400 + " }", ["model.normalization.alpha", "too large"]),
+    "param choice": (
+        "[model]\nnormalization = { name = 'lrn', alpha_convention = 'per-trem' }",
+        ["alpha_convention = 'per-trem'", "'divided-by-n', 'per-term'", "did you mean 'per-term'"],
+    ),
+    "param list item": (
+        "[model]\ninit = { name = 'paper', bias_one = ['fc6', 7] }",
+        ["model.init.bias_one[1] = 7", "expected str, got int"],
+    ),
+    "param huge int": (
+        "[augment]\ntrain = [{ name = 'random-crop', padding = 100000000000000000000000 }]",
+        ["augment.train[0].padding", "too large"],
+    ),
+    "param huge int to float": (
+        "[model]\nnormalization = { name = 'lrn', alpha = 1" + "0" * 400 + " }",
+        ["model.normalization.alpha", "too large"],
+    ),
     "param inf": ("[model]\nnormalization = { name = 'lrn', k = inf }", ["model.normalization.k = inf", "finite"]),
     "param nan": ("[model]\nnormalization = { name = 'lrn', k = nan }", ["model.normalization.k = nan", "finite"]),
-    "param long value": ("[model]\nnormalization = { name = 'lrn', size = '" + "x" * 1000 + "' }", ["model.normalization.size = 'xxxx", "..."]),
+    "param long value": (
+        "[model]\nnormalization = { name = 'lrn', size = '" + "x" * 1000 + "' }",
+        ["model.normalization.size = 'xxxx", "..."],
+    ),
     # types
     "int given a string": ("[train]\nepochs = 'ten'", ["train.epochs = 'ten'", "expected an integer"]),
     "int given a float": ("[train]\nepochs = 1.5", ["train.epochs = 1.5", "expected an integer"]),
@@ -328,7 +402,10 @@ BAD = {
     "skip nested": ("[model]\nskip = " + "[" * 300 + "]" * 300, ["model.skip = [[[", "...", "expected a list"]),
     # impossible values
     "epochs zero": ("[train]\nepochs = 0", ["train.epochs = 0", "out of range", "1 <= value <= 100000"]),
-    "epochs huge": ("[train]\nepochs = 1000000000000000000000000000000", ["train.epochs = 1000000000000000000000000000000", "out of range"]),
+    "epochs huge": (
+        "[train]\nepochs = 1000000000000000000000000000000",
+        ["train.epochs = 1000000000000000000000000000000", "out of range"],
+    ),
     "batch negative": ("[train]\nbatch_size = -1", ["train.batch_size = -1", "out of range"]),
     "image size negative": ("[data]\nimage_size = -32", ["data.image_size = -32", "8 <= value <= 4096"]),
     "train size zero": ("[data]\ntrain_size = 0", ["data.train_size = 0", "out of range"]),
@@ -337,10 +414,13 @@ BAD = {
     "width inf": ("[model]\nwidth = inf", ["model.width = Infinity", "out of range"]),
     "dropout above one": ("[model]\ndropout = 1.5", ["model.dropout = 1.5", "0 <= value <= 0.99"]),
     "target error negative": ("[train]\ntarget_train_error = -0.1", ["train.target_train_error = -0.1", "out of range"]),
-    "skip conv1": ("[model]\nskip = ['conv1']", ["model.skip = [\"conv1\"]", "'conv1' cannot be removed", "conv3, conv4, conv5"]),
+    "skip conv1": ("[model]\nskip = ['conv1']", ['model.skip = ["conv1"]', "'conv1' cannot be removed", "conv3, conv4, conv5"]),
     "skip twice": ("[model]\nskip = ['conv4', 'conv4']", ["model.skip", "twice"]),
     "train aug as test view": ("[augment]\ntest = 'hflip'", ["augment.test = 'hflip'", "train augmentation", "center, ten-crop"]),
-    "test view as train aug": ("[augment]\ntrain = ['hflip', 'ten-crop']", ["augment.train[1] = 'ten-crop'", "test-time view", "hflip, pca-lighting, random-crop"]),
+    "test view as train aug": (
+        "[augment]\ntrain = ['hflip', 'ten-crop']",
+        ["augment.train[1] = 'ten-crop'", "test-time view", "hflip, pca-lighting, random-crop"],
+    ),
     "seeds zero": ("[train]\nseeds = 0", ["train.seeds = 0", "between 1 and 1000"]),
     "seeds too many": ("[train]\nseeds = 1001", ["train.seeds = 1001", "between 1 and 1000"]),
     "seeds empty list": ("[train]\nseeds = []", ["train.seeds = []", "a list of seeds"]),

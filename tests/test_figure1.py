@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from rich.console import Console
-
 from conftest import run_testbed
+from rich.console import Console
 
 from testbed.report import render_speedups
 from testbed.results import _factor, _time_to_target
@@ -60,8 +59,16 @@ def test_the_table_shows_the_bound_not_a_number_it_did_not_measure():
         "key": "model.activation",
         "reference": "relu",
         "paper_factor": 6,
-        "rows": [{"setting": "mean, paper init", "reference": "relu", "compared": "tanh", "measured": {"relu": relu, "tanh": tanh},
-                  "factor_epochs": _factor(tanh, relu, "epochs"), "factor_seconds": _factor(tanh, relu, "seconds")}],
+        "rows": [
+            {
+                "setting": "mean, paper init",
+                "reference": "relu",
+                "compared": "tanh",
+                "measured": {"relu": relu, "tanh": tanh},
+                "factor_epochs": _factor(tanh, relu, "epochs"),
+                "factor_seconds": _factor(tanh, relu, "seconds"),
+            }
+        ],
     }
     console = Console(record=True, width=200)
     render_speedups(compare, console)
@@ -131,6 +138,8 @@ def test_a_figure1_grid_reports_factors_per_setting_and_draws_the_figure(tmp_pat
     assert "saturated units per layer" in report.stdout and "speed-up" in report.stdout
     import sqlite3
 
-    extra = sqlite3.connect(tmp_path / "run" / "results.sqlite").execute("SELECT extra FROM epochs WHERE variant = 'tanh-raw'").fetchone()[0]
+    extra = (
+        sqlite3.connect(tmp_path / "run" / "results.sqlite").execute("SELECT extra FROM epochs WHERE variant = 'tanh-raw'").fetchone()[0]
+    )
     saturation = json.loads(extra)["saturation"]
     assert set(saturation) == {f"act{i}" for i in range(1, 8)} and all(0 <= v <= 1 for v in saturation.values())

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import REPO, _env, run_testbed, start_testbed
 
 import testbed
-from conftest import REPO, _env, run_testbed, start_testbed
 from testbed.cli import main
 
 TINY = """
@@ -94,7 +94,9 @@ def test_a_signal_before_training_stops_at_once_with_exit_130(tmp_path, phase, s
 
 
 def test_ctrl_c_while_importing_exits_130_without_a_traceback(tmp_path):
-    proc = start_testbed("run", str(tiny(tmp_path)), "--out", str(tmp_path / "run"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_testbed(
+        "run", str(tiny(tmp_path)), "--out", str(tmp_path / "run"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     time.sleep(0.3)  # torch and the CLI are still being imported
     _, err = stopped(proc, within=30)
     assert proc.returncode == 130, err
@@ -153,14 +155,23 @@ TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 @pytest.mark.skipif(not TORCHRUN.exists() and shutil.which("torchrun") is None, reason="torchrun not installed")
 def test_a_resumed_data_parallel_run_equals_an_uninterrupted_one(tmp_path):
-    file = tiny(tmp_path, epochs=3, train_size=512, extra="").read_text().replace('init = "kaiming"', 'init = "kaiming"\nplacement = "data-parallel"')
+    file = (
+        tiny(tmp_path, epochs=3, train_size=512, extra="")
+        .read_text()
+        .replace('init = "kaiming"', 'init = "kaiming"\nplacement = "data-parallel"')
+    )
     (tmp_path / "ddp.toml").write_text(file)
     torchrun = str(TORCHRUN) if TORCHRUN.exists() else "torchrun"
     env = {**_env(None), "OMP_NUM_THREADS": "1"}
 
     def launch(*args, **popen):
-        return subprocess.Popen([torchrun, "--standalone", "--nproc_per_node=2", "-m", "testbed", *map(str, args)], env=env, cwd=REPO,
-                                start_new_session=True, **popen)
+        return subprocess.Popen(
+            [torchrun, "--standalone", "--nproc_per_node=2", "-m", "testbed", *map(str, args)],
+            env=env,
+            cwd=REPO,
+            start_new_session=True,
+            **popen,
+        )
 
     reference = launch("run", tmp_path / "ddp.toml", "--out", tmp_path / "reference", "--json", "-q", stdout=subprocess.PIPE, text=True)
     out, _ = reference.communicate(timeout=600)
@@ -344,8 +355,10 @@ def test_two_device_does_not_copy_fc7_to_the_tower_that_never_uses_it(registry, 
     from testbed.experiment import build_experiment
     from testbed.model import build_model
 
-    config = build_experiment({"model": {"geometry": "cifar", "width": 0.125, "init": "kaiming",
-                                         "placement": {"name": "two-device", "devices": ["cpu", "cpu"]}}}, registry).baseline.config
+    config = build_experiment(
+        {"model": {"geometry": "cifar", "width": 0.125, "init": "kaiming", "placement": {"name": "two-device", "devices": ["cpu", "cpu"]}}},
+        registry,
+    ).baseline.config
     model = build_model(config["model"], 10, 32, registry, "cpu").module.eval()
     tower_b = model.devices[1]
     copies = []

@@ -31,6 +31,12 @@ def test_the_core_imports_no_built_in_component():
     offenders = []
     for path in CORE:
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             offenders += [f"{path.name}: {name}" for name in names if name.split(".")[0] == "testbed_builtins"]
     assert not offenders

@@ -266,8 +266,16 @@ def test_auto_streams_above_the_memory_limit(folder):
 
 
 def test_load_dataset_through_the_core(folder, registry):
-    cfg = {"dataset": {"name": "imagefolder", "workers": 0}, "root": str(folder), "image_size": 20, "classes": None,
-           "train_size": None, "test_size": None, "seed": 0, "preprocess": {"name": "standardize"}}
+    cfg = {
+        "dataset": {"name": "imagefolder", "workers": 0},
+        "root": str(folder),
+        "image_size": 20,
+        "classes": None,
+        "train_size": None,
+        "test_size": None,
+        "seed": 0,
+        "preprocess": {"name": "standardize"},
+    }
     data = load_dataset(cfg, registry)
     assert data.image_size == 20 and len(data.class_names) == 3
 
@@ -355,7 +363,10 @@ seeds = 1
     env = dict(os.environ, TESTBED_DISABLE_PLUGIN_AUTOLOAD="1")
     done = subprocess.run(
         [sys.executable, "-m", "testbed", "run", str(experiment), "--json", "--out", str(tmp_path / "run")],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "broken.jpg" in done.stderr

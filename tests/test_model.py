@@ -54,8 +54,9 @@ def test_parameter_counts_of_the_paper(registry, placement, expected):
 
 
 def test_two_device_has_the_grouped_parameter_count(registry):
-    built = build(registry, classes=1000, image_size=256, geometry="imagenet", width=0.25,
-                  placement={"name": "two-device", "devices": ["cpu", "cpu"]})
+    built = build(
+        registry, classes=1000, image_size=256, geometry="imagenet", width=0.25, placement={"name": "two-device", "devices": ["cpu", "cpu"]}
+    )
     grouped = meta_build(registry, geometry="imagenet", width=0.25, placement="grouped")
     assert parameter_count(built.module) == parameter_count(grouped.module)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_testbed
 from PIL import Image
 
-from conftest import run_testbed
 from testbed.data import DataRequest, StreamingData, workers_needed
 from testbed_builtins.imagefolder import imagefolder, load_image
 

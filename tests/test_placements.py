@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_testbed
 from torch import nn
 
-from conftest import run_testbed
 from testbed.experiment import build_experiment
 from testbed.model import build_model
 from testbed.results import Store
@@ -40,7 +40,9 @@ def grouped_layout_grads(two: TwoDeviceAlexNet) -> dict[str, torch.Tensor]:
                 out[f"features.{name}.towers.1.{pname}"] = pb.grad
     for name in ("fc6", "fc7"):
         for pname in ("weight", "bias"):
-            out[f"classifier.{name}.{pname}"] = torch.cat([getattr(getattr(two, t), name).__getattr__(pname).grad for t in ("tower_a", "tower_b")])
+            out[f"classifier.{name}.{pname}"] = torch.cat(
+                [getattr(getattr(two, t), name).__getattr__(pname).grad for t in ("tower_a", "tower_b")]
+            )
     out["classifier.fc8.weight"] = two.fc8.weight.grad
     out["classifier.fc8.bias"] = two.fc8.bias.grad
     return out
@@ -152,7 +154,9 @@ def test_two_epochs_under_each_placement_end_at_the_same_loss(tmp_path):
 
 
 def test_show_reports_each_placement_with_parameters_and_devices(tmp_path):
-    body = EQUIVALENCE + """
+    body = (
+        EQUIVALENCE
+        + """
 [[variant]]
 name = "single"
 model.placement = "single"
@@ -163,6 +167,7 @@ model.placement = "one-gpu-half"
 name = "ddp"
 model.placement = "data-parallel"
 """
+    )
     proc = run_testbed("show", str(write_experiment(tmp_path / "p.toml", body)), "--json")
     assert proc.returncode == 0, proc.stderr
     variants = {v["name"]: v for v in json.loads(proc.stdout)["variants"]}
@@ -186,20 +191,31 @@ def test_data_parallel_without_torchrun_says_how_to_launch(tmp_path):
 
 def test_a_torchrun_launch_refuses_variants_that_are_not_data_parallel(tmp_path):
     body = DATA_PARALLEL + '[[variant]]\nname = "grouped"\nmodel.placement = "grouped"\n'
-    proc = run_testbed("run", write_experiment(tmp_path / "mixed.toml", body), "--out", tmp_path / "run",
-                       env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"})
+    proc = run_testbed(
+        "run",
+        write_experiment(tmp_path / "mixed.toml", body),
+        "--out",
+        tmp_path / "run",
+        env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"},
+    )
     assert proc.returncode == 2
     assert "'grouped' is not data-parallel" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(), reason="torchrun not installed")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(), reason="torchrun not installed"
+)
 def test_data_parallel_under_torchrun_prints_one_json_document(tmp_path):
     file = write_experiment(tmp_path / "ddp.toml", DATA_PARALLEL)
     torchrun = str(Path(sys.executable).parent / "torchrun") if (Path(sys.executable).parent / "torchrun").exists() else "torchrun"
     env = {**os.environ, "TESTBED_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [torchrun, "--standalone", "--nproc_per_node=2", "-m", "testbed", "run", str(file), "--json", "-q", "--out", str(tmp_path / "run")],
-        capture_output=True, text=True, env=env, timeout=600, cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)  # exactly one document: rank 1 prints nothing

@@ -112,7 +112,16 @@ def test_every_component_kind_is_documented():
 
 def test_loading_rules_are_documented():
     text = DOC.read_text(encoding="utf-8")
-    for needle in (plugins.DISABLE_AUTOLOAD_ENV, plugins.LOAD_ONLY_ENV, f"[project.entry-points.{plugins.ENTRY_POINT_GROUP}]", "role", "image_size", "classes", "ValueError", "Literal"):
+    for needle in (
+        plugins.DISABLE_AUTOLOAD_ENV,
+        plugins.LOAD_ONLY_ENV,
+        f"[project.entry-points.{plugins.ENTRY_POINT_GROUP}]",
+        "role",
+        "image_size",
+        "classes",
+        "ValueError",
+        "Literal",
+    ):
         assert needle in text, f"docs/writing-plugins.md does not mention {needle}"
 
 
@@ -257,8 +266,15 @@ def code_blocks(path: Path) -> list[dict]:
         end = next(j for j in range(i + 1, len(lines)) if lines[j].strip().startswith(marker))
         previous = next((lines[j] for j in range(start - 1, -1, -1) if lines[j].strip()), "")
         skip = SKIP_MARK.search(previous)
-        blocks.append({"path": path, "line": start + 1, "lang": fence.group(3).lower(), "skip": skip.group(1) if skip else None,
-                       "code": "\n".join(line[len(fence.group(1)):] for line in lines[start + 1 : end])})
+        blocks.append(
+            {
+                "path": path,
+                "line": start + 1,
+                "lang": fence.group(3).lower(),
+                "skip": skip.group(1) if skip else None,
+                "code": "\n".join(line[len(fence.group(1)) :] for line in lines[start + 1 : end]),
+            }
+        )
         i = end + 1
     return blocks
 
@@ -296,8 +312,13 @@ def signatures(tree) -> dict:
 
     def params(args) -> tuple:
         names = lambda items: tuple(a.arg for a in items)  # noqa: E731
-        return (names(args.posonlyargs), names(args.args), names(args.kwonlyargs),
-                tuple(ast.unparse(d) for d in args.defaults), tuple(d and ast.unparse(d) for d in args.kw_defaults))
+        return (
+            names(args.posonlyargs),
+            names(args.args),
+            names(args.kwonlyargs),
+            tuple(ast.unparse(d) for d in args.defaults),
+            tuple(d and ast.unparse(d) for d in args.kw_defaults),
+        )
 
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -352,8 +373,11 @@ def shell_commands(code: str) -> list[str]:
 
 def runnable(command: str) -> bool:
     words = command.split()
-    return bool(words) and words[0] == "testbed" and (
-        (len(words) > 1 and words[1] in RUNNABLE_SUBCOMMANDS) or any(w in ("--help", "-h", "--version") for w in words))
+    return (
+        bool(words)
+        and words[0] == "testbed"
+        and ((len(words) > 1 and words[1] in RUNNABLE_SUBCOMMANDS) or any(w in ("--help", "-h", "--version") for w in words))
+    )
 
 
 def run_shell(code: str) -> None:
@@ -364,8 +388,9 @@ def run_shell(code: str) -> None:
     from testbed.cli import main
 
     others = [c for c in shell_commands(code) if not runnable(c)]
-    assert not others, (f"commands this test does not run: {others}; mark the block with "
-                        f"<!-- docs-test: skip (reason) --> on the line before its fence")
+    assert not others, (
+        f"commands this test does not run: {others}; mark the block with <!-- docs-test: skip (reason) --> on the line before its fence"
+    )
     for command in shell_commands(code):
         cwd = os.getcwd()
         try:

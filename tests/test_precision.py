@@ -39,8 +39,15 @@ def variant(precision: str = "fp32", compile_it: bool = False, epochs: int = 3, 
         "data": {"dataset": "synthetic", "image_size": 32, "train_size": train_size, "test_size": 64, "preprocess": "standardize"},
         "model": {"geometry": "cifar", "width": 0.125, "init": "kaiming", "dropout": 0.0},  # learns in three short epochs
         "augment": {"train": []},
-        "train": {"epochs": epochs, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
-                  "schedule": "constant", "seeds": 1, "precision": precision, "compile": compile_it},
+        "train": {
+            "epochs": epochs,
+            "batch_size": 32,
+            "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+            "schedule": "constant",
+            "seeds": 1,
+            "precision": precision,
+            "compile": compile_it,
+        },
     }
     return build_experiment(raw, plugins.registry()).variants[0]
 

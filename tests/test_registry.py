@@ -153,7 +153,10 @@ def test_int_is_widened_to_float(reg):
 @pytest.mark.parametrize(
     "params, message",
     [
-        ({"bta": 2.0}, r"^k\.bta: unknown parameter of activation 'swish' \(did you mean 'beta'\?\); valid parameters: beta, layers, limit, mode$"),
+        (
+            {"bta": 2.0},
+            r"^k\.bta: unknown parameter of activation 'swish' \(did you mean 'beta'\?\); valid parameters: beta, layers, limit, mode$",
+        ),
         ({"zzz": 1}, r"^k\.zzz: unknown parameter of activation 'swish'; valid parameters: beta, layers, limit, mode$"),
         ({"beta": "big"}, r"^k\.beta = 'big': expected float, got str$"),
         ({"beta": True}, r"^k\.beta = True: expected float, got bool$"),
@@ -285,7 +288,7 @@ def test_a_failing_hook_is_reported_and_the_rest_load(register_plugin):
 # ------------------------------------------------------------------------------ entry points
 
 
-GOOD_PLUGIN = '''
+GOOD_PLUGIN = """
 import testbed
 
 def gelu2(*, approximate: bool = False):
@@ -296,7 +299,7 @@ def gelu2(*, approximate: bool = False):
 @testbed.hookimpl
 def register_activations(register):
     register("gelu2", gelu2, "a GELU from an installed package")
-'''
+"""
 
 
 @pytest.fixture
@@ -386,8 +389,9 @@ def test_generic_annotations_register_and_check_values():
     reg.add("init", "shaped", shaped, "generic parameters", plugin="mine")  # raised TypeError: parameterized generic
     component, params = reg.resolve("init", {"name": "shaped"}, "k")
     assert params == {"kernel": (3, 3), "sizes": (), "std": {"conv1": 0.01}, "scale": None, "order": 1, "names": None}
-    _, params = reg.resolve("init", {"name": "shaped", "kernel": [5, 5], "sizes": [1, 2, 3], "std": {"fc8": 1}, "order": 2,
-                                     "names": ["a"]}, "k")
+    _, params = reg.resolve(
+        "init", {"name": "shaped", "kernel": [5, 5], "sizes": [1, 2, 3], "std": {"fc8": 1}, "order": 2, "names": ["a"]}, "k"
+    )
     assert params["kernel"] == (5, 5) and params["sizes"] == (1, 2, 3)
     assert params["std"] == {"fc8": 1.0} and isinstance(params["std"]["fc8"], float)
     assert (params["order"], params["names"]) == (2, ["a"])
@@ -557,7 +561,9 @@ def test_a_raising_plugin_keeps_what_it_registered_and_does_not_cost_the_others(
     reg = register_plugin(HalfBrokenPlugin(), "half-broken")
     assert reg.get("activation", "before-boom").plugin == "half-broken"
     assert reg.get("activation", "swish").plugin == "good-one" and "relu" in reg.names("activation")
-    assert any("plugin 'half-broken' failed in register_activations: RuntimeError: boom after one" in e for e in plugins.state().load_errors)
+    assert any(
+        "plugin 'half-broken' failed in register_activations: RuntimeError: boom after one" in e for e in plugins.state().load_errors
+    )
 
 
 class MisspelledHookPlugin:

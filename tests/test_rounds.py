@@ -10,9 +10,9 @@ import json
 import sqlite3
 
 import pytest
+from conftest import run_testbed
 from scipy import stats
 
-from conftest import run_testbed
 from testbed import rounds
 from testbed.errors import BadInput
 from testbed.experiment import Experiment, Variant
@@ -139,8 +139,10 @@ def test_until_resolved_adds_seeds_only_where_a_verdict_is_open_and_stops_at_the
 
 def finished_jobs(run) -> dict:
     with sqlite3.connect(run / "results.sqlite") as db:
-        return {(v, s): (status, finished, metrics) for v, s, status, finished, metrics
-                in db.execute("SELECT variant, seed, status, finished, metrics FROM jobs")}
+        return {
+            (v, s): (status, finished, metrics)
+            for v, s, status, finished, metrics in db.execute("SELECT variant, seed, status, finished, metrics FROM jobs")
+        }
 
 
 def test_resume_adds_seeds_to_a_finished_run_without_retraining_any(resolved):

@@ -15,10 +15,10 @@ import pytest
 import scipy.stats
 import torch
 from click.testing import CliRunner
+from conftest import run_testbed, start_testbed
 from torch import nn
 
 import testbed
-from conftest import run_testbed, start_testbed
 from testbed.cli import main
 
 LEARNING = ("top1_error", "top5_error", "train_error", "train_loss", "epochs_to_target")
@@ -165,8 +165,9 @@ def test_ctrl_c_stops_at_a_safe_point_and_resume_finishes_identically(tmp_path):
 
 
 def test_a_diverging_variant_is_isolated(tmp_path):
-    file = experiment(tmp_path, '[[variant]]\nname = "huge-lr"\ntrain.optimizer.lr = 1e6\n'
-                                '[[variant]]\nname = "tanh"\nmodel.activation = "tanh"\n')
+    file = experiment(
+        tmp_path, '[[variant]]\nname = "huge-lr"\ntrain.optimizer.lr = 1e6\n[[variant]]\nname = "tanh"\nmodel.activation = "tanh"\n'
+    )
     proc = run_testbed("run", str(file), "--out", str(tmp_path / "run"), "--json", "-q")
     assert proc.returncode == 1
     doc = json.loads(proc.stdout)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import REPO, run_testbed
+
 from testbed import hookimpl
 from testbed.cli import main
 
@@ -60,8 +60,9 @@ VARIANTS = ("baseline", "tanh")
 SEEDS = (0, 1)
 
 needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="pip install '.[tensorboard]'")
-needs_mlflow = pytest.mark.skipif(importlib.util.find_spec("mlflow") is None or importlib.util.find_spec("sqlalchemy") is None,
-                                  reason="pip install '.[mlflow]'")
+needs_mlflow = pytest.mark.skipif(
+    importlib.util.find_spec("mlflow") is None or importlib.util.find_spec("sqlalchemy") is None, reason="pip install '.[mlflow]'"
+)
 
 
 @pytest.fixture(scope="module")
@@ -201,11 +202,17 @@ class FailingTracker:
 
 def test_a_failing_tracker_is_reported_once_and_training_goes_on(tmp_path, register_plugin):
     register_plugin(FailingTracker(), "broken-tracker")
-    (tmp_path / "grid.toml").write_text(GRID.replace('use = ["tensorboard", {{ name = "mlflow", tracking_uri = "{uri}" }}]', "")
-                                        .replace("{{", "{").replace("}}", "}").replace("seeds = 2", "seeds = 1")
-                                        .replace("train_size = 128", "train_size = 64"))
-    result = CliRunner().invoke(main, ["run", str(tmp_path / "grid.toml"), "--out", str(tmp_path / "run"), "--quiet",
-                                       "--device", "cpu", "--track", "broken", "--json"])
+    (tmp_path / "grid.toml").write_text(
+        GRID.replace('use = ["tensorboard", {{ name = "mlflow", tracking_uri = "{uri}" }}]', "")
+        .replace("{{", "{")
+        .replace("}}", "}")
+        .replace("seeds = 2", "seeds = 1")
+        .replace("train_size = 128", "train_size = 64")
+    )
+    result = CliRunner().invoke(
+        main,
+        ["run", str(tmp_path / "grid.toml"), "--out", str(tmp_path / "run"), "--quiet", "--device", "cpu", "--track", "broken", "--json"],
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["status"] == "ok" and len(doc["variants"]) == 2
@@ -219,8 +226,9 @@ def test_a_failing_tracker_is_reported_once_and_training_goes_on(tmp_path, regis
 def test_a_missing_tracker_package_is_bad_input_naming_what_to_install(tmp_path, monkeypatch, name, package):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == package else real(n, *a))
-    (tmp_path / "grid.toml").write_text(GRID.replace('use = ["tensorboard", {{ name = "mlflow", tracking_uri = "{uri}" }}]', "")
-                                        .replace("{{", "{").replace("}}", "}"))
+    (tmp_path / "grid.toml").write_text(
+        GRID.replace('use = ["tensorboard", {{ name = "mlflow", tracking_uri = "{uri}" }}]', "").replace("{{", "{").replace("}}", "}")
+    )
     result = CliRunner().invoke(main, ["run", str(tmp_path / "grid.toml"), "--out", str(tmp_path / "run"), "--track", name])
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
@@ -240,7 +248,7 @@ def test_the_store_documents_every_table_and_column_and_carries_its_version(trac
     for table in tables:
         assert f"### `{table}`" in doc, table
         section = doc.split(f"### `{table}`", 1)[1].split("\n### ", 1)[0]
-        for (_cid, column, *_rest) in db.execute(f"PRAGMA table_info({table})"):
+        for _cid, column, *_rest in db.execute(f"PRAGMA table_info({table})"):
             assert f"| `{column}` |" in section, (table, column)
     assert dict(db.execute("SELECT key, value FROM meta"))["schema_version"] == str(STORE_VERSION)
     assert db.execute("PRAGMA user_version").fetchone()[0] == STORE_VERSION
@@ -287,7 +295,9 @@ def test_the_html_report_in_headless_chromium(tracked_run, tmp_path):
         browser.open(url)
         rows = browser.evaluate("[...document.querySelectorAll('table.results tbody tr')].map(r => r.dataset.variant)")
         assert sorted(rows) == sorted(VARIANTS)
-        shown = browser.evaluate("[...document.querySelectorAll('table.results tbody tr')].every(r => r.getBoundingClientRect().height > 0)")
+        shown = browser.evaluate(
+            "[...document.querySelectorAll('table.results tbody tr')].every(r => r.getBoundingClientRect().height > 0)"
+        )
         assert shown
         widths = browser.evaluate("Promise.all([...document.images].map(i => i.decode().then(() => i.naturalWidth, () => 0)))")
         assert len(widths) == len(pictures) and all(w > 0 for w in widths)
@@ -335,12 +345,15 @@ def _another_analysis(path: Path) -> None:
     plt.close(fig)
 
 
-@pytest.mark.parametrize("table, needle", [
-    ('[track]\nuse = ["tensorbord"]', "did you mean 'tensorboard'"),
-    ('[track]\nusing = ["tensorboard"]', "track.using: unknown key"),
-    ('[track]\nuse = [{ name = "tensorboard", log_dir = "x" }]', "log_dir: unknown parameter of tracker 'tensorboard'"),
-    ('track = "tensorboard"', "expected a table [track]"),
-])
+@pytest.mark.parametrize(
+    "table, needle",
+    [
+        ('[track]\nuse = ["tensorbord"]', "did you mean 'tensorboard'"),
+        ('[track]\nusing = ["tensorboard"]', "track.using: unknown key"),
+        ('[track]\nuse = [{ name = "tensorboard", log_dir = "x" }]', "log_dir: unknown parameter of tracker 'tensorboard'"),
+        ('track = "tensorboard"', "expected a table [track]"),
+    ],
+)
 def test_a_bad_track_table_is_bad_input(tmp_path, table, needle):
     (tmp_path / "grid.toml").write_text(table + "\n" + "[data]" + GRID.split("[data]", 1)[1].replace("{{", "{").replace("}}", "}"))
     result = CliRunner().invoke(main, ["show", str(tmp_path / "grid.toml")])
@@ -356,8 +369,19 @@ def test_trackers_follow_a_dask_run_from_the_driver(tmp_path):
 
     grid = GRID.replace('{{ name = "mlflow", tracking_uri = "{uri}" }}', "").replace("{{", "{").replace("}}", "}")
     (tmp_path / "grid.toml").write_text(grid.replace("train_size = 128", "train_size = 64"))
-    proc = run_testbed("run", tmp_path / "grid.toml", "--out", tmp_path / "run", "--quiet", "--device", "cpu",
-                       "--workers", "2", "--threads-per-worker", "1")
+    proc = run_testbed(
+        "run",
+        tmp_path / "grid.toml",
+        "--out",
+        tmp_path / "run",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--workers",
+        "2",
+        "--threads-per-worker",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     epochs = stored_epochs(tmp_path / "run")
     assert set(epochs) == {(v, s) for v in VARIANTS for s in SEEDS}

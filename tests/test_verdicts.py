@@ -8,23 +8,31 @@ from __future__ import annotations
 import io
 import json
 import math
-import sqlite3
 import statistics
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import run_testbed
 from rich.console import Console
 from scipy import stats
 
-from conftest import run_testbed
 from testbed.cli import main
 from testbed.experiment import Experiment, Variant
 from testbed.report import render, render_comparison
 from testbed.results import Store, compare_runs, summarize
 from testbed.verdicts import (
-    Arm, Settings, difference, holm, judge, pair_seeds, paper_check, power, seeds_needed, settings,
+    Arm,
+    Settings,
+    difference,
+    holm,
+    judge,
+    pair_seeds,
+    paper_check,
+    power,
+    seeds_needed,
+    settings,
 )
 
 # per-seed top-1 errors, made up by hand: a baseline and three variants, seeds 0..2
@@ -193,7 +201,9 @@ def test_censored_epochs_are_judged_only_in_the_safe_direction():
     never = arm([7.0, 7.0, 6.9], censored={0, 1, 2})  # 6 epochs run: bounds of 7 (one made to differ, for a spread)
     worse = judge({"v": (never, reached, None)}, Settings())["v"]  # the variant missed: it can be worse
     assert worse["verdict"] == "worse" and worse["censored"] == {"variant": 3, "reference": 0}
-    assert worse["p_value"] == pytest.approx(stats.ttest_ind(list(never.values.values()), list(reached.values.values()), equal_var=False).pvalue)
+    assert worse["p_value"] == pytest.approx(
+        stats.ttest_ind(list(never.values.values()), list(reached.values.values()), equal_var=False).pvalue
+    )
     fast = arm([1.0, 2.0, 1.0])
     partly = Arm({0: 1.0, 1: 1.2, 2: 7.0}, frozenset({2}))
     not_better = judge({"v": (Arm({0: 1.0, 1: 1.1, 2: 1.05}, frozenset({1})), arm([5.0, 5.2, 5.1]), None)}, Settings())["v"]
@@ -211,8 +221,10 @@ def test_censored_epochs_are_judged_only_in_the_safe_direction():
 
 
 def config(**data):
-    return {"data": {"dataset": {"name": "synthetic"}, "train_size": 256, "preprocess": {"name": "standardize"}, **data},
-            "train": {"batch_size": 32}}
+    return {
+        "data": {"dataset": {"name": "synthetic"}, "train_size": 256, "preprocess": {"name": "standardize"}, **data},
+        "train": {"batch_size": 32},
+    }
 
 
 def test_seeds_pair_only_when_they_draw_the_same_data():
@@ -246,12 +258,15 @@ def simulated_power(n, delta, sd, paired, alpha, trials=40_000, seed=0):
     return float(np.mean(p <= alpha))
 
 
-@pytest.mark.parametrize("paired, sd, delta, alpha", [
-    (True, {"differences": 0.02}, 0.014, 0.05),
-    (True, {"differences": 0.01}, 0.02, 0.01),
-    (False, {"variant": 0.02, "reference": 0.01}, 0.025, 0.05),
-    (False, {"variant": 0.03, "reference": 0.03}, 0.05, 0.0125),
-])
+@pytest.mark.parametrize(
+    "paired, sd, delta, alpha",
+    [
+        (True, {"differences": 0.02}, 0.014, 0.05),
+        (True, {"differences": 0.01}, 0.02, 0.01),
+        (False, {"variant": 0.02, "reference": 0.01}, 0.025, 0.05),
+        (False, {"variant": 0.03, "reference": 0.03}, 0.05, 0.0125),
+    ],
+)
 def test_seeds_needed_is_where_simulated_power_crosses_80_percent(paired, sd, delta, alpha):
     n = seeds_needed(delta, sd, alpha, have=0)
     assert isinstance(n, int) and n >= 2
@@ -296,17 +311,28 @@ def fake_run(tmp_path: Path, name: str, arms: dict, paper: dict | None = None, d
     run.mkdir()
     variants = []
     for vname in arms:
-        cfg = {"data": {"dataset": {"name": "synthetic"}, "preprocess": {"name": "standardize"}, **((data or {}).get(vname, {}))},
-               "train": {"batch_size": 32}}
+        cfg = {
+            "data": {"dataset": {"name": "synthetic"}, "preprocess": {"name": "standardize"}, **((data or {}).get(vname, {}))},
+            "train": {"batch_size": 32},
+        }
         variants.append(Variant(vname, cfg, {} if vname == "baseline" else {"model.x": vname}, (paper or {}).get(vname, {})))
     (run / "experiment.json").write_text(json.dumps(Experiment(name, "x.toml", tuple(variants)).to_json()))
     store = Store(run / "results.sqlite")
     for position, (vname, values) in enumerate(arms.items()):
         for seed, top1 in enumerate(values):
             store.add_job(vname, seed, position)
-            metrics = {"top1_error": top1, "top5_error": top1 / 5, "train_error": top1 + 0.1, "train_loss": 1.0,
-                       "epochs_to_target": None, "time_to_target_s": None, "train_images_per_s": 100.0, "parameters": 10,
-                       "epochs": 5, "train_time_s": 1.0}
+            metrics = {
+                "top1_error": top1,
+                "top5_error": top1 / 5,
+                "train_error": top1 + 0.1,
+                "train_loss": 1.0,
+                "epochs_to_target": None,
+                "time_to_target_s": None,
+                "train_images_per_s": 100.0,
+                "parameters": 10,
+                "epochs": 5,
+                "train_time_s": 1.0,
+            }
             store.finish_job(vname, seed, "ok", metrics=metrics)
     store.close()
     return run
@@ -333,8 +359,9 @@ def text_of(doc, width=200, colour=False, fn=render) -> str:
 
 def test_summary_json_fields_and_the_table(tmp_path):
     arms = {"baseline": BASE, "worse": WORSE, "same": SAME, "other-data": BETTER}
-    run = fake_run(tmp_path, "r", arms, paper={"worse": {"top1": 1.4, "top5": 1.2}, "same": {"top1": 1.0}},
-                   data={"other-data": {"train_size": 100}})
+    run = fake_run(
+        tmp_path, "r", arms, paper={"worse": {"top1": 1.4, "top5": 1.2}, "same": {"top1": 1.0}}, data={"other-data": {"train_size": 100}}
+    )
     doc = summary(run)
     by = {v["name"]: v for v in doc["variants"]}
     d = by["worse"]["delta_vs_baseline"]["top1_error"]
@@ -342,8 +369,11 @@ def test_summary_json_fields_and_the_table(tmp_path):
         assert key in d
     assert d["test"] == "paired-t" and by["other-data"]["delta_vs_baseline"]["top1_error"]["test"] == "welch"
     assert by["worse"]["pairing"]["seeds"] == [0, 1, 2] and by["other-data"]["pairing"]["seeds"] is None
-    raw = {"worse": stats.ttest_rel(WORSE, BASE).pvalue, "same": stats.ttest_rel(SAME, BASE).pvalue,
-           "other-data": stats.ttest_ind(BETTER, BASE, equal_var=False).pvalue}
+    raw = {
+        "worse": stats.ttest_rel(WORSE, BASE).pvalue,
+        "same": stats.ttest_rel(SAME, BASE).pvalue,
+        "other-data": stats.ttest_ind(BETTER, BASE, equal_var=False).pvalue,
+    }
     adjusted = holm(list(raw.values()))
     for (name, p), adj in zip(raw.items(), adjusted):
         assert by[name]["delta_vs_baseline"]["top1_error"]["p_value"] == pytest.approx(p)
@@ -510,8 +540,20 @@ def test_cli_level_and_correction_and_bad_values(trained):
 
 def test_report_vs_on_two_trained_runs(trained):
     tmp, file, _ = trained
-    proc = run_testbed("run", file, "--out", tmp / "crippled", "--only", "baseline", "--set", "train.optimizer.lr=0.00001",
-                       "--json", "-q", "--confidence", "0.9")
+    proc = run_testbed(
+        "run",
+        file,
+        "--out",
+        tmp / "crippled",
+        "--only",
+        "baseline",
+        "--set",
+        "train.optimizer.lr=0.00001",
+        "--json",
+        "-q",
+        "--confidence",
+        "0.9",
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp / "crippled" / "experiment.json").read_text())["report"]["confidence"] == 0.9  # kept with the run
     vs = run_testbed("report", tmp / "run", "--vs", tmp / "crippled", "--json")

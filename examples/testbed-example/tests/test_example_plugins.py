@@ -15,11 +15,11 @@ import torch.nn.functional as F
 
 import testbed_example_plugins
 from testbed import plugins
+from testbed.assembly import build_pipeline, component_records
 from testbed.data import AugmentContext, DataRequest, DataStats, InMemoryData, load_dataset
 from testbed.errors import BadInput, ComponentError
 from testbed.experiment import build_experiment, load_experiment
 from testbed.model import build_model
-from testbed.assembly import build_pipeline, component_records
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "experiment.toml"
 PLUGIN = "testbed-example"  # the entry point's name in pyproject.toml

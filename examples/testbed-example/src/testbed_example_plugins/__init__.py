@@ -8,7 +8,6 @@ components themselves live in the submodules, one per kind.
 from __future__ import annotations
 
 from testbed import hookimpl
-
 from testbed_example_plugins.activations import mish, swish
 from testbed_example_plugins.architectures import TINY_DEFAULTS, TINY_SLOTS, tiny_cnn
 from testbed_example_plugins.augmentations import cutout
@@ -28,8 +27,14 @@ def register_activations(register):
 def register_architectures(register):
     # slots: the [model] keys it honours (others are refused); placements: those it can be built
     # under; defaults: its values for [model] keys the experiment leaves out
-    register("tiny-cnn", tiny_cnn, "two 3x3 convs, global average pooling, one linear layer", slots=TINY_SLOTS,
-             placements=("single",), defaults=TINY_DEFAULTS)
+    register(
+        "tiny-cnn",
+        tiny_cnn,
+        "two 3x3 convs, global average pooling, one linear layer",
+        slots=TINY_SLOTS,
+        placements=("single",),
+        defaults=TINY_DEFAULTS,
+    )
 
 
 @hookimpl
@@ -45,5 +50,10 @@ def register_augmentations(register):
 
 @hookimpl
 def register_datasets(register):
-    register("gratings", gratings, "generated oriented sine gratings, one orientation per class; deterministic, offline",
-             image_size=IMAGE_SIZE, classes=CLASSES)
+    register(
+        "gratings",
+        gratings,
+        "generated oriented sine gratings, one orientation per class; deterministic, offline",
+        image_size=IMAGE_SIZE,
+        classes=CLASSES,
+    )

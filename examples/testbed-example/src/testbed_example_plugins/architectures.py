@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 from torch import nn
 
 from testbed.model import Architecture, NetPlan, NetRequest
@@ -20,10 +19,17 @@ class TinyCNN(nn.Module):
         # testbed reads `plan` (the input size the pipeline crops to) and `shown_layers` (`testbed show`)
         self.plan = NetPlan("tiny-cnn", request.image_size)
         self.shown_layers = ("conv1", "pool1", "conv2", "fc3")
-        self.features = nn.Sequential(OrderedDict([
-            ("conv1", nn.Conv2d(3, width, 3, padding=1)), ("act1", slots.activation()), ("pool1", slots.pooling()),
-            ("conv2", nn.Conv2d(width, 2 * width, 3, padding=1)), ("act2", slots.activation()),
-        ]))
+        self.features = nn.Sequential(
+            OrderedDict(
+                [
+                    ("conv1", nn.Conv2d(3, width, 3, padding=1)),
+                    ("act1", slots.activation()),
+                    ("pool1", slots.pooling()),
+                    ("conv2", nn.Conv2d(width, 2 * width, 3, padding=1)),
+                    ("act2", slots.activation()),
+                ]
+            )
+        )
         self.fc3 = nn.Linear(2 * width, request.classes)  # after a global average: any input size works
 
     def forward(self, x):

@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from testbed.data import AugmentContext, Augmentation
+from testbed.data import Augmentation, AugmentContext
 
 
 class Cutout(Augmentation):
@@ -51,4 +51,3 @@ def cutout(ctx: AugmentContext, *, size: int = 8, position: Literal["anywhere", 
     if not 1 <= size <= largest:
         raise ValueError(f"size must be between 1 and {largest} px (the smaller of the image and input sizes), got {size}")
     return Cutout(size, position)
-

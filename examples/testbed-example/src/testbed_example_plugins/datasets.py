@@ -65,4 +65,3 @@ def gratings(request: DataRequest, *, train_images: int = 1000, test_images: int
     train = _split(n_train, size, classes, noise, 2 * request.seed)
     test = _split(n_test, size, classes, noise, 2 * request.seed + 1)
     return InMemoryData(*train, *test, class_names=[f"{180 * c / classes:g}deg" for c in range(classes)])
-
