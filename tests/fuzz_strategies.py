@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-from testbed.schema import SCHEMA, Bool, Choice, Component, ComponentList, Names, Number, Seeds, Str
+from testbed.schema import SCHEMA, Bool, Choice, Component, ComponentList, Names, Number, NumberTable, Seeds, Str
 
 # Valid values of keys whose full range is valid but costly to check (a stand-in data set of
 # 4096 px, a million classes): a smaller range while drawing valid files. Mutations still
@@ -113,12 +113,17 @@ def valid_value(key: str, spec, registry) -> st.SearchStrategy:
         return st.one_of(st.integers(1, 3), st.lists(st.integers(0, 2**31 - 1), min_size=1, max_size=3, unique=True))
     if isinstance(spec, Str):
         return st.text(string.ascii_letters + "/_-.", max_size=12)
+    if isinstance(spec, NumberTable):  # per-layer numbers: conv1 and fc8 exist in every AlexNet a drawn file builds
+        return st.dictionaries(st.sampled_from(["conv1", "fc8"]), st.floats(0, 1, allow_nan=False), max_size=2)
     raise TypeError(f"no strategy for schema key {key} ({type(spec).__name__}); add one to tests/fuzz_strategies.py")
 
 
 KEYS = [(section, key, spec) for section, keys in SCHEMA.items() for key, spec in keys.items()]
-# `root` sends a dataset to a folder; valid files keep the plugins' defaults (mutations set it)
-DRAWN_KEYS = [k for k in KEYS if k[1] != "root"]
+# `root` sends a dataset to a folder; valid files keep the plugins' defaults (mutations set it).
+# `model.architecture` narrows which other [model] keys are valid (a cuda-convnet net has no
+# geometry or dropout): valid files keep the default architecture, mutations set it, and
+# tests/test_architectures.py checks the refusals.
+DRAWN_KEYS = [k for k in KEYS if k[1] != "root" and (k[0], k[1]) != ("model", "architecture")]
 
 
 @st.composite
