@@ -37,72 +37,83 @@ def window_matrix(channels: int, half: int, towers: int = 1, dtype=torch.float32
     return (near & same_tower).to(dtype)
 
 
-_MATRICES: dict[tuple, torch.Tensor] = {}  # (channels, half, towers, weight, dtype, device) -> weight * window_matrix
+_WEIGHTS: dict[tuple, torch.Tensor] = {}  # (channels, half, towers, groups, weight, dtype, device) -> weight * window
 
 
-def _cached_matrix(channels: int, half: int, towers: int, weight: float, dtype, device) -> torch.Tensor:
-    key = (channels, half, towers, weight, dtype, device)
-    if key not in _MATRICES:
+def _cached_window(channels: int, half: int, towers: int, groups: int, weight: float, dtype, device) -> torch.Tensor:
+    """weight * the window matrix, as a [C, C] matrix (groups = 0, for torch.mm) or as the weight
+    [C, C / groups, 1, 1] of a 1x1 convolution with ``groups`` groups (one per tower, or 1: the
+    block-diagonal matrix whole)."""
+    key = (channels, half, towers, groups, weight, dtype, device)
+    if key not in _WEIGHTS:
         # a normal tensor even when first needed under inference_mode (evaluation before training,
         # as a resumed job does): an inference tensor could not be saved for a later backward
         with torch.inference_mode(False):
-            _MATRICES[key] = window_matrix(channels, half, towers, dtype, device).mul_(weight)
-    return _MATRICES[key]
+            if groups == 0:
+                w = window_matrix(channels, half, towers, dtype, device)
+            else:  # output channel o of group g reads that group's inputs: row o mod per of one tower's matrix
+                per = channels // groups
+                w = window_matrix(per, half, towers // groups, dtype, device).repeat(groups, 1)[:, :, None, None]
+            _WEIGHTS[key] = w.mul_(weight)
+    return _WEIGHTS[key]
 
 
-def _shifted_adds(x: torch.Tensor, half: int, towers: int) -> torch.Tensor:
-    """The window sum as 2 x half in-place adds of shifted views along dim 1 (NCHW: each view is
-    a run of whole H x W planes, so every add streams through memory)."""
+# Which way a channels-last window sum goes on a CPU, by measurement (benchmarks/lrn_overhead.py
+# --micro-window): a 1x1 convolution with the window as its weight (oneDNN) beats torch.mm's GEMM
+# at every AlexNet and conv-local shape; a convolution per tower (groups) beats the block-diagonal
+# one from 32 channels a tower; shifted adds along the innermost (channel) dimension win once a
+# tower's rows are long against the window (128 channels a tower, half 2: 3.5x faster than a GEMM).
+GROUPED_FROM = 32  # channels a tower from which each tower gets its own convolution group
+SHIFTED_FROM = 32  # channels a tower per unit of half-width from which shifted adds win
+
+
+def _shifted_adds(x: torch.Tensor, half: int) -> torch.Tensor:
+    """The window sum along dim 1 of [outer, per, inner] (one tower's channels in dim 1) as
+    2 x half in-place adds of shifted views. NCHW: inner is H x W, so each add streams through
+    whole planes; channels-last: inner is 1 and each add runs along a pixel's channels."""
     out = x.clone()
-    per = x.shape[1] // towers
-    for start in range(0, x.shape[1], per):
-        block, src = out[:, start : start + per], x[:, start : start + per]
-        for d in range(1, min(half, per - 1) + 1):
-            block[:, d:].add_(src[:, :-d])  # add_ on the view: `view[...] += y` would copy it back
-            block[:, :-d].add_(src[:, d:])
+    for d in range(1, min(half, x.shape[1] - 1) + 1):
+        out[:, d:].add_(x[:, :-d])  # add_ on the view: `view[...] += y` would copy it back
+        out[:, :-d].add_(x[:, d:])
     return out
 
 
-GEMM_PER_TOWER_FROM = 64  # channels per tower from which each tower gets its own matrix product
-
-
-def _window_gemm(x: torch.Tensor, half: int, towers: int, weight: float) -> torch.Tensor:
-    """The window sum of a channels-last tensor as [N*H*W, C] @ M (M: window_matrix). The
-    channels are the innermost dimension there, so shifted views would be short strided runs;
-    a GEMM reads each pixel's channels once. Wide towers get one product each (M is
-    block-diagonal: the zero blocks would double the work)."""
+def window_sum(x: torch.Tensor, half: int, towers: int = 1, weight: float = 1.0, offset: float = 0.0) -> torch.Tensor:
+    """offset + weight * sum_{j=i-half}^{i+half} x[:, j] along dim 1, clipped at the ends (the LRN
+    window) and, with ``towers`` > 1, at the towers' boundaries: each tower's channels are summed
+    on their own. The result has x's memory format. NCHW: shifted adds. Channels-last (channels
+    innermost, where shifted views are short strided runs): on a CPU a 1x1 convolution whose
+    weight is the banded window matrix (``offset`` its bias), or shifted adds for long towers;
+    elsewhere a matrix product. All exact up to float summation order; ``weight`` and ``offset``
+    are folded into the convolution, saving passes over the result."""
     n, c, h, w = x.shape
-    flat = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view: the memory is already N, H, W, C
     per = c // towers
-    if towers == 1 or per < GEMM_PER_TOWER_FROM:
-        out = torch.mm(flat, _cached_matrix(c, half, towers, weight, x.dtype, x.device))
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if not channels_last:
+        out = _shifted_adds(x.contiguous().view(n * towers, per, h * w), half).view(n, c, h, w)
+    elif x.device.type == "cpu" and per < SHIFTED_FROM * half:
+        groups = towers if per >= GROUPED_FROM else 1
+        k = _cached_window(c, half, towers, groups, weight, x.dtype, x.device)
+        bias = torch.full((c,), offset, dtype=x.dtype, device=x.device) if offset else None
+        return torch.nn.functional.conv2d(x, k, bias, groups=groups)
+    elif x.device.type == "cpu":
+        flat = x.permute(0, 2, 3, 1).reshape(n * h * w * towers, per, 1)  # a view: the memory is N, H, W, C
+        out = _shifted_adds(flat, half).view(n, h, w, c).permute(0, 3, 1, 2)
     else:
-        m = _cached_matrix(per, half, 1, weight, x.dtype, x.device)
-        out = torch.empty_like(flat)
-        for start in range(0, c, per):
-            torch.mm(flat[:, start : start + per], m, out=out[:, start : start + per])
-    return out.view(n, h, w, c).permute(0, 3, 1, 2)
-
-
-def window_sum(x: torch.Tensor, half: int, towers: int = 1, weight: float = 1.0) -> torch.Tensor:
-    """sum_{j=i-half}^{i+half} x[:, j] along dim 1, clipped at the ends (the LRN window) and, with
-    ``towers`` > 1, at the towers' boundaries: each tower's channels are summed on their own.
-    The result has x's memory format. Channels-last: a matrix product with the banded 0/1
-    window matrix; NCHW: shifted adds (benchmarks/lrn_overhead.py --micro compares them). Both
-    are exact up to float summation order. ``weight`` multiplies the sum (the LRN's scale): in
-    channels-last it is folded into the matrix, saving a pass over the result."""
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return _window_gemm(x, half, towers, weight)
-    out = _shifted_adds(x, half, towers)
-    return out if weight == 1.0 else out.mul_(weight)
+        flat = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
+        out = torch.mm(flat, _cached_window(c, half, towers, 0, 1.0, x.dtype, x.device)).view(n, h, w, c).permute(0, 3, 1, 2)
+    if weight != 1.0:
+        out.mul_(weight)
+    return out.add_(offset) if offset else out
 
 
 def _neg_pow_(d: torch.Tensor, beta: float) -> torch.Tensor:
     """d ** -beta (d > 0), in a new tensor. The common exponents avoid the generic pow, whose
     exp/log per element is the most expensive operation of the whole LRN on a CPU:
-    0.75 -> rsqrt(d * sqrt(d)), 0.5 -> rsqrt(d), 1 -> 1/d (each within a few ulp of pow)."""
-    if beta == 0.75:
-        return torch.sqrt(d).mul_(d).rsqrt_()
+    0.75 -> rsqrt(rsqrt(d)) * rsqrt(d)^2, 0.5 -> rsqrt(d), 1 -> 1/d (each within a few ulp of pow)."""
+    if beta == 0.75:  # two rsqrts and two products: a sqrt costs about two rsqrts on a CPU
+        r = torch.rsqrt(d)  # d^-1/2
+        return torch.rsqrt(r).mul_(r).mul_(r)  # d^1/4 * d^-1/2 * d^-1/2
     if beta == 0.5:
         return torch.rsqrt(d)
     if beta == 1.0:
@@ -119,7 +130,7 @@ class _LRNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, half, scale, beta, k, towers):
         sq = a * a
-        denom = window_sum(sq, half, towers, scale).add_(k)  # D = k + scale * S
+        denom = window_sum(sq, half, towers, scale, k)  # D = k + scale * S
         inv = _neg_pow_(denom, beta)  # D^-beta
         out = torch.mul(a, inv, out=sq)
         q = torch.div(out, denom, out=denom)  # a D^(-beta-1), in D's storage
@@ -141,9 +152,10 @@ class _LRNFunction(torch.autograd.Function):
 def _lrn_forward_only(a: torch.Tensor, half: int, scale: float, beta: float, k: float, towers: int) -> torch.Tensor:
     """b = a * D^-beta when no gradient is wanted (evaluation): nothing saved, no q = b / D pass."""
     sq = a * a
-    denom = window_sum(sq, half, towers, scale).add_(k)
-    if beta == 0.75:  # D^-0.75 into the squares' storage: one full-size allocation fewer
-        return torch.sqrt(denom, out=sq).mul_(denom).rsqrt_().mul_(a)
+    denom = window_sum(sq, half, towers, scale, k)
+    if beta == 0.75:  # D^-0.75 as in _neg_pow_, in the storage of the squares and of D: no new tensor
+        r = torch.rsqrt(denom, out=sq)
+        return torch.rsqrt(r, out=denom).mul_(r).mul_(r).mul_(a)
     return _neg_pow_(denom, beta).mul_(a)
 
 

@@ -113,7 +113,8 @@ def test_towers_and_memory_formats_match_the_formula_per_tower(channels_last, to
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("towers,channels", [(1, 10), (2, 12), (2, 128)])  # 2 x 64: one matrix product per tower
+# channels-last on a CPU: 1 x 10 and 2 x 12 one convolution, 2 x 40 a convolution per tower, 2 x 64 shifted adds
+@pytest.mark.parametrize("towers,channels", [(1, 10), (2, 12), (2, 80), (2, 128)])
 @pytest.mark.parametrize("no_grad", [torch.no_grad, torch.inference_mode])
 def test_forward_only_path_matches_the_formula(channels_last, towers, channels, no_grad):
     """Evaluation (no gradient wanted) takes a path that saves nothing; same values as the formula."""
@@ -130,13 +131,15 @@ def test_forward_only_path_matches_the_formula(channels_last, towers, channels, 
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_wide_towers_values_and_gradients_match_the_formula(channels_last):
-    """Two towers of 64 channels: in channels-last each tower's window sum is its own matrix product."""
+@pytest.mark.parametrize("channels,size", [(128, 5), (80, 5), (128, 9)])
+def test_wide_towers_values_and_gradients_match_the_formula(channels_last, channels, size):
+    """Two wide towers: in channels-last on a CPU, 2 x 64 channels with a window of 5 take the
+    shifted adds along the channels, 2 x 40 and 2 x 64 with a window of 9 a convolution per tower."""
     torch.manual_seed(6)
-    a = (torch.randn(2, 128, 3, 3, dtype=torch.float64) * 3).requires_grad_()
+    a = (torch.randn(2, channels, 3, 3, dtype=torch.float64) * 3).requires_grad_()
     x = a.contiguous(memory_format=torch.channels_last) if channels_last else a
-    got = lrn(64, size=5, alpha=0.6, beta=0.75, k=1.0).forward_towers(x, 2)
-    want = torch.cat([lrn_by_the_formula(p, 5, 0.6, 0.75, 1.0, "divided-by-n") for p in a.chunk(2, dim=1)], dim=1)
+    got = lrn(channels // 2, size=size, alpha=0.6, beta=0.75, k=1.0).forward_towers(x, 2)
+    want = torch.cat([lrn_by_the_formula(p, size, 0.6, 0.75, 1.0, "divided-by-n") for p in a.chunk(2, dim=1)], dim=1)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     g = torch.randn_like(want)
     (grad_got,) = torch.autograd.grad(got, a, g)
@@ -153,6 +156,22 @@ def test_window_sum_in_either_format_clips_at_ends_and_towers(channels_last):
     per_tower = [1 + 2, 1 + 2 + 3, 2 + 3 + 4, 3 + 4, 5 + 6, 5 + 6 + 7, 6 + 7 + 8, 7 + 8]
     assert got[1, :, 1, 2].tolist() == per_tower
     assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    scaled = window_sum(x, 1, towers=2, weight=0.5, offset=3.0)  # the LRN's k + scale * S
+    assert scaled[1, :, 1, 2].tolist() == [3.0 + 0.5 * s for s in per_tower]
+
+
+@pytest.mark.parametrize("towers,per,half", [(2, 6, 2), (1, 64, 4), (2, 40, 2), (2, 64, 2), (1, 130, 1)])
+def test_every_channels_last_window_sum_matches_shifted_sums(towers, per, half):
+    """Each way a channels-last window sum can go (one convolution, one per tower, shifted adds
+    along the channels) against the sum written out from its definition, k and scale included."""
+    torch.manual_seed(7)
+    x = torch.rand(3, towers * per, 4, 5, dtype=torch.float64)
+    want = torch.zeros_like(x)
+    for c in range(towers * per):
+        lo, hi = max(c - half, c // per * per), min(c + half, c // per * per + per - 1)
+        want[:, c] = x[:, lo : hi + 1].sum(dim=1)
+    got = window_sum(x.contiguous(memory_format=torch.channels_last), half, towers, weight=0.25, offset=2.0)
+    torch.testing.assert_close(got, 2.0 + 0.25 * want, rtol=1e-12, atol=1e-12)
 
 
 def test_training_after_a_first_use_under_inference_mode():
@@ -160,7 +179,7 @@ def test_training_after_a_first_use_under_inference_mode():
     it must still serve a training step's backward (a resumed job evaluates before it trains)."""
     from testbed_builtins import normalizations
 
-    normalizations._MATRICES.clear()
+    normalizations._WEIGHTS.clear()
     a = (torch.randn(2, 14, 3, 3) * 3).contiguous(memory_format=torch.channels_last)
     module = lrn(7, size=5, alpha=0.5)
     with torch.inference_mode():
