@@ -2,7 +2,8 @@
 
 Small datasets are ``InMemoryData``: uint8 tensors, moved once to the training device and
 augmented a whole batch at a time there. Large ones are ``StreamingData``: torch Datasets of
-uint8 images read by DataLoader workers. Either way the pipeline is::
+uint8 images read by DataLoader workers (or of encoded files the workers read and the main
+process decodes a batch at a time, e.g. on the GPU). Either way the pipeline is::
 
     uint8 batch -> float -> preprocess (mean / standardize / none) -> train augmentations -> model
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,6 +149,14 @@ class StreamingData:
     """A dataset too large for memory: map-style torch Datasets returning (uint8 [3, S, S], label).
 
     A sample that cannot be read is returned as None and dropped by the loader (and counted).
+
+    ``decode_batch`` (optional) takes decoding out of the DataLoader workers: the datasets' items
+    are then (encoded, label), ``encoded`` a uint8 1-D tensor (say a file's bytes) that the
+    workers only read, and the main process calls ``decode_batch(encoded: list[Tensor]) ->
+    (images, failed)`` on each batch's encoded samples, in order. ``images``: uint8 [B, 3, S, S]
+    on the CPU, one per sample it decoded, in order; ``failed``: the positions (in ``encoded``)
+    of those it could not, which are dropped and counted like unreadable samples. It may decode
+    on a GPU (a batched nvJPEG decode). Iterate through ``batches()``, which honours both forms.
     """
 
     train_set: object
@@ -155,23 +165,49 @@ class StreamingData:
     image_size: int
     workers: int = 4
     stats_sample: int = 2000  # images used to estimate the training-set statistics
+    decode_batch: Callable[[list[torch.Tensor]], tuple[torch.Tensor, list[int]]] | None = None
     _stats: DataStats | None = field(default=None, repr=False)
 
     def stats(self) -> DataStats:
         if self._stats is None:
             n = len(self.train_set)
             step = max(1, n // self.stats_sample)
-            loader = _loader(torch.utils.data.Subset(self.train_set, range(0, n, step)), 256, False, self.workers, None)
-            self._stats = compute_stats(images for images, _labels, _skipped in loader)
+            batches = self.batches(torch.utils.data.Subset(self.train_set, range(0, n, step)), 256)
+            self._stats = compute_stats(images for images, _labels, _skipped in batches)
         return self._stats
+
+    def batches(self, dataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """(uint8 images [B, 3, S, S] on the CPU, int64 labels [B], samples dropped as unreadable)
+        per batch of ``dataset`` (``train_set``, ``test_set`` or a Subset of one), in order, read
+        by ``workers`` DataLoader workers: the one way testbed iterates streaming data. A batch
+        may come out smaller than ``batch_size``, or empty, when samples were dropped."""
+        if self.decode_batch is None:
+            yield from _loader(dataset, batch_size, False, self.workers, None)
+            return
+        for packed, lengths, labels, skipped in _loader(dataset, batch_size, False, self.workers, None, collate_fn=_collate_encoded):
+            if not len(labels):
+                yield torch.empty(0, 3, 1, 1, dtype=torch.uint8), labels, skipped
+                continue
+            images, failed = self.decode_batch(list(packed.split(lengths.tolist())))
+            failed = sorted(set(int(i) for i in failed))
+            if failed:
+                keep = torch.ones(len(labels), dtype=torch.bool)
+                keep[failed] = False
+                labels, skipped = labels[keep], skipped + len(failed)
+            if len(images) != len(labels):
+                raise ValueError(
+                    f"decode_batch returned {len(images)} images for {len(labels) + len(failed)} samples of which {len(failed)} failed"
+                )
+            yield (images if len(labels) else torch.empty(0, 3, 1, 1, dtype=torch.uint8)), labels, skipped
 
     def __len__(self):
         return len(self.train_set)
 
     def decode_rate(self, sample: int = 32) -> float | None:
-        """Images/s one CPU core turns from files into uint8 images (one DataLoader worker's
-        share), if the training set measures it: an optional ``decode_rate(sample)`` method of
-        the dataset plugin's train_set. None when it does not say."""
+        """Images/s one CPU core turns from files into items (uint8 images; with
+        ``decode_batch``, encoded files: one DataLoader worker's share), if the training set
+        measures it: an optional ``decode_rate(sample)`` method of the dataset plugin's
+        train_set. None when it does not say."""
         measure = getattr(self.train_set, "decode_rate", None)
         return float(measure(sample)) if callable(measure) else None
 
@@ -189,13 +225,26 @@ def _collate_dropping_unreadable(samples):
     return torch.stack([s[0] for s in kept]), torch.tensor([s[1] for s in kept]), skipped
 
 
-def _loader(dataset, batch_size, shuffle, workers, generator, drop_last=False):
+def _collate_encoded(samples):
+    """For ``decode_batch`` datasets: (the readable samples' encoded tensors end to end in one
+    uint8 tensor, their lengths, labels, skipped). One tensor per batch crosses from a worker,
+    not one per sample (which costs several times as much)."""
+    kept = [s for s in samples if s is not None]
+    for encoded, _label in kept:
+        if encoded.dtype != torch.uint8 or encoded.dim() != 1:
+            raise TypeError(f"a dataset with decode_batch must give uint8 1-D tensors, got {encoded.dtype} {tuple(encoded.shape)}")
+    packed = torch.cat([e for e, _label in kept]) if kept else torch.empty(0, dtype=torch.uint8)
+    lengths = torch.tensor([len(e) for e, _label in kept], dtype=torch.int64)
+    return packed, lengths, torch.tensor([label for _e, label in kept], dtype=torch.long), len(samples) - len(kept)
+
+
+def _loader(dataset, batch_size, shuffle, workers, generator, drop_last=False, collate_fn=_collate_dropping_unreadable):
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,
-        collate_fn=_collate_dropping_unreadable,
+        collate_fn=collate_fn,
         # its own generator: otherwise each iterator draws a seed from the global RNG, which would
         # shift the dropout stream of a run resumed mid-epoch
         generator=generator if generator is not None else torch.Generator(),
@@ -319,7 +368,7 @@ class Pipeline:
             order = torch.randperm(len(self.data.train_set), generator=order_gen)[: steps * batch_size]
             mine = order.view(steps, batch_size)[start_step:, rank * local : (rank + 1) * local].flatten().tolist()
             subset = torch.utils.data.Subset(self.data.train_set, mine)
-            for images, labels, skipped in _loader(subset, local, False, self.data.workers, None):
+            for images, labels, skipped in self.data.batches(subset, local):
                 self.skipped += skipped
                 if len(labels):
                     yield self._train_input(images, generator), labels.to(self.device, non_blocking=True)
@@ -336,7 +385,7 @@ class Pipeline:
                 yield make_views(self._preprocessed(images[start : start + batch_size])), labels[start : start + batch_size]
         else:
             shard = torch.utils.data.Subset(self.data.test_set, range(rank, len(self.data.test_set), world))
-            for images, labels, skipped in _loader(shard, batch_size, False, self.data.workers, None):
+            for images, labels, skipped in self.data.batches(shard, batch_size):
                 self.skipped += skipped
                 if len(labels):
                     yield make_views(self._preprocessed(images)), labels.to(self.device, non_blocking=True)

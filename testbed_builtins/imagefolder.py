@@ -16,6 +16,9 @@ scales ``resize`` by the same factor (with the defaults, both become ``image_siz
 
 Small sets (decoded size under ``memory_limit_gib``) are decoded once, by ``workers``
 processes, and held in memory; larger ones stream from disk through DataLoader workers.
+``decode_device = "cuda"`` (or ``"auto"`` with a GPU there) decodes on the GPU with nvJPEG,
+a batch at a time: in memory, the whole set at load time; streaming, the workers only read the
+files and the training process decodes each batch (``StreamingData.decode_batch``).
 Files without an image extension are ignored (counted, one warning). Files with an image
 extension that cannot be decoded are skipped: at load time in memory (one warning naming
 them), or as they are met when streaming (the loader drops them; one warning per file).
@@ -24,6 +27,9 @@ A corrupt file never stops a run.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
 import math
 import os
 import re
@@ -83,50 +89,106 @@ def _resize_crop(image: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
     return center_crop(image, [crop, crop]).contiguous()
 
 
+def decode_file(data: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
+    """A file's bytes (uint8 1-D) -> uint8 [3, crop, crop] on the CPU. Raises on an undecodable file."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    return _resize_crop(_to_rgb_uint8(decode_image(data, mode=ImageReadMode.RGB)), resize, crop)
+
+
 def load_image(path: str, resize: int, crop: int) -> torch.Tensor:
     """One file -> uint8 [3, crop, crop] on the CPU. Raises on an unreadable file."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from torchvision.io import read_file
 
-    image = decode_image(read_file(path), mode=ImageReadMode.RGB)
-    return _resize_crop(_to_rgb_uint8(image), resize, crop)
+    return decode_file(read_file(path), resize, crop)
 
 
 def _is_jpeg(data: torch.Tensor) -> bool:
     return data.numel() > 3 and data[:3].tolist() == [0xFF, 0xD8, 0xFF]
 
 
-def _decode_on_cuda(paths: list[str], resize: int, crop: int) -> list[torch.Tensor | BaseException]:
-    """Decode a batch with nvJPEG (torchvision.io.decode_jpeg(device="cuda")); anything it cannot
-    decode (PNG, CMYK, odd JPEGs) falls back to the CPU path, file by file."""
-    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+_DECODE_STREAMS: dict[int, torch.cuda.Stream] = {}
 
-    out: list[torch.Tensor | BaseException | None] = [None] * len(paths)
-    datas: dict[int, torch.Tensor] = {}
-    for i, path in enumerate(paths):
-        try:
-            datas[i] = read_file(path)
-        except Exception as exc:
-            out[i] = exc
-    jpegs = [i for i, d in datas.items() if _is_jpeg(d)]
+
+@contextlib.contextmanager
+def _own_stream(device):
+    """On a GPU, a CUDA stream of the decoder's own, current while it works and drained when it
+    is done. nvJPEG is reported (pytorch/vision#9606) to write its output before work queued on
+    the caller's stream has run, so with the training step's kernels still queued it could be
+    handed (and overwrite) memory they are about to read; a stream that only decodes is idle."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        yield
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _DECODE_STREAMS:
+        _DECODE_STREAMS[index] = torch.cuda.Stream(index)
+    stream = _DECODE_STREAMS[index]
+    try:
+        with torch.cuda.stream(stream):
+            yield
+    finally:
+        stream.synchronize()
+
+
+def decode_batch(datas: list[torch.Tensor], resize: int, crop: int, device="cuda") -> tuple[torch.Tensor, dict[int, BaseException]]:
+    """Files' bytes (uint8 1-D tensors) -> (uint8 [K, 3, crop, crop] on the CPU, the K files it
+    decoded in order; {position: exception} for the others).
+
+    The JPEGs are decoded in one torchvision.io.decode_jpeg call on ``device`` (nvJPEG on
+    "cuda", libjpeg-turbo on "cpu") and resized and cropped there as ``load_image`` does;
+    anything it cannot decode (PNG, CMYK, odd JPEGs) falls back to the CPU path, file by file.
+    On the CPU every image is the one ``load_image`` gives."""
+    with _own_stream(device):
+        return _decode_batch(datas, resize, crop, device)
+
+
+def _decode_batch(datas, resize, crop, device):
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    jpegs = [i for i, d in enumerate(datas) if _is_jpeg(d)]
     decoded: dict[int, torch.Tensor] = {}
     if jpegs:
         try:
-            images = decode_jpeg([datas[i] for i in jpegs], mode=ImageReadMode.RGB, device="cuda")
-            decoded = dict(zip(jpegs, images))
+            decoded = dict(zip(jpegs, decode_jpeg([datas[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)))
         except Exception:  # one bad file fails the batch: retry one by one
             for i in jpegs:
                 try:
-                    decoded[i] = decode_jpeg(datas[i], mode=ImageReadMode.RGB, device="cuda")
+                    decoded[i] = decode_jpeg(datas[i], mode=ImageReadMode.RGB, device=device)
                 except Exception:
                     pass
-    for i in datas:
+    images: list[torch.Tensor] = []
+    failures: dict[int, BaseException] = {}
+    for i, data in enumerate(datas):
         try:
-            if i in decoded and decoded[i].shape[0] == 3:
-                out[i] = _resize_crop(decoded[i], resize, crop).cpu()
+            image = decoded.pop(i, None)  # frees the full-size image once cropped
+            if image is not None and image.shape[0] == 3:
+                images.append(_resize_crop(image, resize, crop))
             else:
-                out[i] = load_image(paths[i], resize, crop)
+                images.append(decode_file(data, resize, crop).to(device))
+        except Exception as exc:
+            failures[i] = exc
+    if not images:
+        return torch.empty(0, 3, crop, crop, dtype=torch.uint8), failures
+    return torch.stack(images).cpu(), failures  # one copy off the GPU per batch
+
+
+def _decode_paths(paths: list[str], resize: int, crop: int, device: str) -> list[torch.Tensor | BaseException]:
+    """``decode_batch`` of files by path: each an image or the exception that stopped it."""
+    from torchvision.io import read_file
+
+    out: list[torch.Tensor | BaseException | None] = [None] * len(paths)
+    readable, datas = [], []
+    for i, path in enumerate(paths):
+        try:
+            datas.append(read_file(path))
+            readable.append(i)
         except Exception as exc:
             out[i] = exc
+    images, failures = decode_batch(datas, resize, crop, device)
+    decoded = iter(images)
+    for k, i in enumerate(readable):
+        out[i] = failures[k] if k in failures else next(decoded)
     return out
 
 
@@ -153,13 +215,17 @@ class _Paths:
 
 class ImageFolderSplit(torch.utils.data.Dataset):
     """One split as a map-style Dataset: ``(uint8 [3, crop, crop], label)``, or None for a file
-    that cannot be read (a warning names it, once per file, across workers and epochs)."""
+    that cannot be read (a warning names it, once per file, across workers and epochs).
+
+    With ``encoded`` set (``batch_decoded``) the items are ``(encoded file, label)`` instead:
+    the worker only reads the file; ``_BatchDecoder`` decodes a batch of them."""
 
     def __init__(self, base: str, relative: list[str], labels: list[int], resize: int, crop: int):
         self.paths = _Paths(base, relative)
         self.labels = torch.tensor(labels, dtype=torch.int64)
         self.resize, self.crop = resize, crop
         self.warned = torch.zeros(len(relative), dtype=torch.uint8).share_memory_()
+        self.encoded = False
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -170,7 +236,8 @@ class ImageFolderSplit(torch.utils.data.Dataset):
     def decode_rate(self, sample: int = 32) -> float:
         """Images/s one CPU core decodes and resizes (what one DataLoader worker can feed): up to
         ``sample`` files spread over the split, read and decoded in this process on one thread
-        (the second pass counts, so the files are in the page cache as an epoch would find them)."""
+        (the second pass counts, so the files are in the page cache as an epoch would find them).
+        An ``encoded`` split's workers only read: then it is files read per second."""
         picks = range(0, len(self), max(1, len(self) // sample))
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -180,7 +247,7 @@ class ImageFolderSplit(torch.utils.data.Dataset):
                 tick, done = time.perf_counter(), 0
                 for i in picks:
                     try:
-                        load_image(self.paths[i], self.resize, self.crop)
+                        self._item(i)
                         done += 1
                     except Exception:
                         pass
@@ -189,14 +256,72 @@ class ImageFolderSplit(torch.utils.data.Dataset):
             torch.set_num_threads(threads)
         return done / elapsed if done and elapsed > 0 else 0.0
 
+    def _item(self, i: int) -> torch.Tensor:
+        if self.encoded:
+            return _read_encoded(self.paths[i])
+        return load_image(self.paths[i], self.resize, self.crop)
+
     def __getitem__(self, i: int):
         try:
-            return load_image(self.paths[i], self.resize, self.crop), int(self.labels[i])
+            return self._item(i), int(self.labels[i])
         except Exception as exc:  # never stop an epoch for one file
             if not self.warned[i]:
                 self.warned[i] = 1
                 _say(f"warning: skipping unreadable {self.paths[i]}: {_reason(exc)}")
             return None
+
+
+# ---------------------------------------------------------------------------- decoding a streamed batch
+#
+# An encoded item is the file's bytes followed by its path (UTF-8) and the path's length (4 bytes,
+# little-endian), in one uint8 tensor: the core packs a batch of such tensors into one, and the
+# path lets the decoder name a file it cannot decode.
+
+
+def _read_encoded(path: str) -> torch.Tensor:
+    name = path.encode("utf-8", "surrogateescape")
+    with open(path, "rb") as f:
+        buffer = bytearray(f.read())
+    buffer += name
+    buffer += len(name).to_bytes(4, "little")
+    return torch.frombuffer(buffer, dtype=torch.uint8)
+
+
+def _split_encoded(encoded: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """(the file's bytes, its path) of an encoded item."""
+    n = int.from_bytes(bytes(encoded[-4:].tolist()), "little")
+    end = len(encoded) - 4 - n
+    return encoded[:end], bytes(encoded[end:-4].numpy()).decode("utf-8", "surrogateescape")
+
+
+class _BatchDecoder:
+    """``StreamingData.decode_batch`` of the encoded splits: ``decode_batch`` on ``device``,
+    a warning naming each file it cannot decode (once per file, in this process)."""
+
+    def __init__(self, resize: int, crop: int, device: str):
+        self.resize, self.crop, self.device = resize, crop, device
+        self.warned: set[str] = set()
+
+    def __call__(self, encoded: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+        datas, paths = zip(*(_split_encoded(e) for e in encoded)) if encoded else ((), ())
+        images, failures = decode_batch(list(datas), self.resize, self.crop, self.device)
+        for i, exc in failures.items():
+            if paths[i] not in self.warned:
+                self.warned.add(paths[i])
+                _say(f"warning: skipping unreadable {paths[i]}: {_reason(exc)}")
+        return images, sorted(failures)
+
+
+def batch_decoded(data: StreamingData, device: str = "cuda") -> StreamingData:
+    """The same streamed imagefolder data, decoded a batch at a time on ``device`` (``decode_batch``)
+    in the process that iterates it, its DataLoader workers only reading the files."""
+    splits = []
+    for split in (data.train_set, data.test_set):
+        split = copy.copy(split)  # shares the paths, labels and warnings
+        split.encoded = True
+        splits.append(split)
+    decoder = _BatchDecoder(data.train_set.resize, data.train_set.crop, device)
+    return dataclasses.replace(data, train_set=splits[0], test_set=splits[1], decode_batch=decoder, _stats=None)
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -242,7 +367,7 @@ def _decode_all(split: ImageFolderSplit, name: str, workers: int, device: str) -
     if device == "cuda":
         for start in range(0, n, batch):
             idx = range(start, min(n, start + batch))
-            for i, result in zip(idx, _decode_on_cuda([split.path(i) for i in idx], split.resize, split.crop)):
+            for i, result in zip(idx, _decode_paths([split.path(i) for i in idx], split.resize, split.crop, device)):
                 take(i, result)
     else:
         workers = min(workers, math.ceil(n / batch)) if n > SERIAL_BELOW else 0
@@ -349,7 +474,11 @@ def imagefolder(
     memory_limit_gib: float = 2.0,
     decode_device: Literal["cpu", "cuda", "auto"] = "cpu",
 ):
-    """ImageNet layout (train/ and val/ or test/, one folder per class): shorter side to 256, centre 256 crop."""
+    """ImageNet layout (train/ and val/ or test/, one folder per class): shorter side to 256, centre 256 crop.
+
+    ``decode_device``: "cpu" decodes in worker processes (file by file); "cuda" with nvJPEG in
+    batches (in memory at load time; streaming, each batch in the training process, the workers
+    only reading files); "auto": "cuda" when a GPU is there."""
     if resize < 1 or crop < 1:
         raise ValueError(f"resize and crop must be >= 1 px, got resize={resize}, crop={crop}")
     if crop > resize:
@@ -396,15 +525,23 @@ def imagefolder(
     device = "cuda" if decode_device == "cuda" or (decode_device == "auto" and torch.cuda.is_available()) else "cpu"
 
     if not keep_in_memory:
-        if decode_device == "cuda":
-            _say("note: decode_device = 'cuda' applies to in-memory loading; streamed images are decoded by CPU workers")
+        data = StreamingData(train_set, test_set, list(names), crop, workers)
+        if device == "cuda":
+            data = batch_decoded(data, device)
+            rate = data.decode_rate(16)
+            _say(
+                f"streaming {len(train_set)} + {len(test_set)} images from {root} ({in_bytes / 2**30:.1f} GiB decoded; "
+                f"{workers} workers read the files, the GPU decodes each batch in the training process, {crop} px); "
+                f"one core reads about {rate:.0f} files/s"
+            )
+            return data
         rate = train_set.decode_rate(16)
         _say(
             f"streaming {len(train_set)} + {len(test_set)} images from {root} ({in_bytes / 2**30:.1f} GiB decoded; "
             f"{workers} workers, {crop} px); one core decodes about {rate:.0f} images/s, so {workers} workers feed "
             f"about {rate * max(workers, 1):.0f} images/s (`testbed bench` compares it with the training step)"
         )
-        return StreamingData(train_set, test_set, list(names), crop, workers)
+        return data
 
     started = time.monotonic()
     if n > 1000:
