@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -488,3 +489,13 @@ def test_unreadable_files(tmp_path, registry, setup, needle):
         load_experiment(path, registry)
     assert str(info.value).startswith(str(path) + ": ") and needle in str(info.value)
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------ the shipped files
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "experiments").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_experiment_file_loads(path, registry):
+    """What the README tells users to run must at least validate, every variant included."""
+    exp = load_experiment(path, registry)
+    assert exp.variants and exp.baseline.name == "baseline"
