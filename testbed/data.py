@@ -190,6 +190,8 @@ class StreamingData:
                 continue
             images, failed = self.decode_batch(list(packed.split(lengths.tolist())))
             failed = sorted(set(int(i) for i in failed))
+            if failed and not 0 <= failed[0] <= failed[-1] < len(labels):
+                raise ValueError(f"decode_batch named failed positions {failed} outside 0..{len(labels) - 1}")
             if failed:
                 keep = torch.ones(len(labels), dtype=torch.bool)
                 keep[failed] = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -142,13 +143,16 @@ _CIFAR_CACHE: dict[str, InMemoryData] = {}
 # project): decoding CIFAR-10's 60,000 JPEGs takes about 16 s of one core, reading them back
 # about 0.2 s, and every `testbed run` and every Dask worker process would decode them again.
 DISK_CACHE_FROM = 5000  # images: smaller folders decode faster than a cache file is worth
+CACHE_FORMAT = 1  # part of every key: raise it when decode_folder_split's output changes
 _SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def _folder_digest(root: Path, names: list[str]) -> tuple[str, int]:
     """(a digest of every image file's name, size and modification time, the number of files):
     a cache file is used only for exactly the folder it was decoded from."""
-    digest, count = hashlib.sha256(str(root.resolve()).encode()), 0
+    import torchvision  # its decoder (libjpeg-turbo inside) makes the pixels: a new one, a new key
+
+    digest, count = hashlib.sha256(f"{CACHE_FORMAT}|{torchvision.__version__}|{root.resolve()}".encode()), 0
     for split in ("train", "test"):
         for name in names:
             try:
@@ -174,13 +178,16 @@ def _decode_cifar_folder(root: Path, names: list[str]) -> InMemoryData:
     data = InMemoryData(*decode_folder_split(root / "train", names), *decode_folder_split(root / "test", names), names)
     if count >= DISK_CACHE_FROM:
         tensors = ("train_images", "train_labels", "test_images", "test_labels")
+        partial = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".partial")  # unique per writer
+            os.close(handle)
             torch.save({name: getattr(data, name) for name in tensors}, partial)
-            partial.replace(path)  # atomic: a reader never sees half a file
-        except OSError:  # a read-only or full cache: decoding again next time is the only cost
-            pass
+            os.replace(partial, path)  # atomic: a reader never sees half a file
+        except (OSError, RuntimeError):  # read-only or full (torch.save says RuntimeError): decoding again is the only cost
+            if partial is not None:
+                Path(partial).unlink(missing_ok=True)
     return data
 
 

@@ -18,6 +18,7 @@ power keeps several full-size intermediates alive and is several times slower on
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import torch
@@ -99,9 +100,10 @@ def window_sum(x: torch.Tensor, half: int, towers: int = 1, weight: float = 1.0,
     elif x.device.type == "cpu":
         flat = x.permute(0, 2, 3, 1).reshape(n * h * w * towers, per, 1)  # a view: the memory is N, H, W, C
         out = _shifted_adds(flat, half).view(n, h, w, c).permute(0, 3, 1, 2)
-    else:
+    else:  # weight folded into the matrix: in float16 the unscaled sum of squares could overflow
         flat = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
-        out = torch.mm(flat, _cached_window(c, half, towers, 0, 1.0, x.dtype, x.device)).view(n, h, w, c).permute(0, 3, 1, 2)
+        out = torch.mm(flat, _cached_window(c, half, towers, 0, weight, x.dtype, x.device)).view(n, h, w, c).permute(0, 3, 1, 2)
+        return out.add_(offset) if offset else out
     if weight != 1.0:
         out.mul_(weight)
     return out.add_(offset) if offset else out
@@ -163,10 +165,14 @@ def local_response_norm(a: torch.Tensor, size: int, alpha: float, beta: float, k
     scale = alpha / size if convention == "divided-by-n" else alpha
     low = a.dtype in (torch.float16, torch.bfloat16)  # the power and the sum of squares want float32
     x = a.float() if low else a
-    if torch.is_grad_enabled() and a.requires_grad:
-        out = _LRNFunction.apply(x, size // 2, scale, beta, k, towers)
-    else:
-        out = _lrn_forward_only(x, size // 2, scale, beta, k, towers)
+    # and autocast off: it would run the window sum's convolution or matrix product in bf16/fp16,
+    # where k + scale * S rounds to k (bf16 has 8 bits) and LRN becomes a fixed rescaling
+    autocasting = a.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(a.device.type)  # meta tensors: no autocast
+    with torch.autocast(a.device.type, enabled=False) if autocasting else contextlib.nullcontext():
+        if torch.is_grad_enabled() and a.requires_grad:
+            out = _LRNFunction.apply(x, size // 2, scale, beta, k, towers)
+        else:
+            out = _lrn_forward_only(x, size // 2, scale, beta, k, towers)
     return out.to(a.dtype) if low else out
 
 

@@ -82,3 +82,18 @@ def test_small_folders_and_unwritable_caches_only_decode(cifar_folder, monkeypat
     monkeypatch.setattr(datasets, "DISK_CACHE_FROM", 10)
     (cifar_folder.parent / "cache").write_text("a file where the cache folder would be")
     assert _same(small, _load(cifar_folder))
+
+
+def test_a_full_disk_leaves_no_partial_file(cifar_folder, monkeypatch):
+    """torch.save reports a full disk as RuntimeError: the load still succeeds, and the half-written
+    file is removed."""
+
+    def full(obj, target):
+        with open(target, "wb") as f:
+            f.write(b"half a file")
+        raise RuntimeError("[enforce fail at inline_container.cc] PytorchStreamWriter failed writing file: No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    data = _load(cifar_folder)
+    assert data.train_images.shape == (30, 3, 32, 32)
+    assert list((cifar_folder.parent / "cache" / "testbed" / "decoded").iterdir()) == []

@@ -188,3 +188,23 @@ def test_training_after_a_first_use_under_inference_mode():
     module.forward_towers(x, 2).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     torch.testing.assert_close(module.forward_towers(a, 2).detach(), evaluated)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("no_grad", [False, True])
+def test_lrn_under_bf16_autocast_stays_in_float32(channels_last, no_grad):
+    """Under autocast the window sum's convolution or matrix product would run in bf16, where
+    k + scale * S rounds to a multiple of 2^-6 near k = 2: the LRN computes in float32 whatever
+    autocast says, so a float32 input gets exactly the float32 result."""
+    torch.manual_seed(8)
+    a = torch.rand(2, 96, 5, 5) * 60
+    x = (a.contiguous(memory_format=torch.channels_last) if channels_last else a).requires_grad_(not no_grad)
+    module = lrn(48, size=5, alpha=1e-4, beta=0.75, k=2.0)
+    want = module.forward_towers(x, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = module.forward_towers(x, 2)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16 input: only its and the output's rounding
+        low = module.forward_towers(x.detach().to(torch.bfloat16), 2)
+    torch.testing.assert_close(low.float(), want.detach(), rtol=2 * 2**-8, atol=1e-3)
