@@ -168,7 +168,8 @@ def _folder_digest(root: Path, names: list[str]) -> tuple[str, int]:
 def _decode_cifar_folder(root: Path, names: list[str]) -> InMemoryData:
     """Both splits decoded, through the user cache when the folder is large."""
     key, count = _folder_digest(root, names)
-    path = default_cache() / "decoded" / f"cifar10-{key}.pt"
+    folder = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]  # one cache file per folder: a new one replaces it
+    path = default_cache() / "decoded" / f"cifar10-{folder}-{key}.pt"
     if count >= DISK_CACHE_FROM and path.is_file():
         try:
             saved = torch.load(path, weights_only=True)
@@ -185,6 +186,9 @@ def _decode_cifar_folder(root: Path, names: list[str]) -> InMemoryData:
             os.close(handle)
             torch.save({name: getattr(data, name) for name in tensors}, partial)
             os.replace(partial, path)  # atomic: a reader never sees half a file
+            for stale in path.parent.glob(f"cifar10-{folder}-*.pt"):
+                if stale != path:
+                    stale.unlink(missing_ok=True)
         except (OSError, RuntimeError):  # read-only or full (torch.save says RuntimeError): decoding again is the only cost
             if partial is not None:
                 Path(partial).unlink(missing_ok=True)
