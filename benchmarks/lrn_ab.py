@@ -8,6 +8,11 @@ and of the conv-local net (24 px crops, batch 128, window 9).
 
     git show 3cdbff1:testbed_builtins/normalizations.py > /tmp/lrn_before.py
     python benchmarks/lrn_ab.py --compare-with /tmp/lrn_before.py [--reps 30]
+    python benchmarks/lrn_ab.py --paths [--threads 2]   # the channels-last window sum's ways, side by side
+
+``--paths`` times the ways a channels-last window sum can be computed (a matrix product, a 1x1
+convolution with the whole window matrix, one per tower, shifted adds along the channels): the
+measurements behind GROUPED_FROM and SHIFTED_FROM in testbed_builtins/normalizations.py.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 import torch
 from lrn_overhead import load_other_lrn
 
+from testbed_builtins import normalizations
 from testbed_builtins.normalizations import lrn
 
 SHAPES = [  # (N, C, H, W), window size, towers
@@ -49,11 +55,52 @@ def time_pair(modules: dict, shape, towers: int, reps: int, forward_only: bool) 
     return times
 
 
+def window_paths(x: torch.Tensor, half: int, towers: int) -> dict:
+    """Each way to compute the window sum of channels-last x (all give the same sums)."""
+    n, c, h, w = x.shape
+    per = c // towers
+    F = torch.nn.functional
+    full = normalizations._cached_window(c, half, towers, 1, 1.0, x.dtype, x.device)
+    grouped = normalizations._cached_window(c, half, towers, towers, 1.0, x.dtype, x.device)
+    matrix = normalizations._cached_window(c, half, towers, 0, 1.0, x.dtype, x.device)
+    flat = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
+    return {
+        "matrix product": lambda: torch.mm(flat, matrix),
+        "1x1 conv": lambda: F.conv2d(x, full),
+        "1x1 conv per tower": lambda: F.conv2d(x, grouped, groups=towers),
+        "shifted adds": lambda: normalizations._shifted_adds(x.permute(0, 2, 3, 1).reshape(n * h * w * towers, per, 1), half),
+    }
+
+
+def paths(reps: int) -> None:
+    print(f"channels-last window sums, {torch.get_num_threads()} thread(s), median wall ms of {reps} interleaved repetitions")
+    for shape, size, towers in SHAPES:
+        x = (torch.rand(*shape) * 5).contiguous(memory_format=torch.channels_last)
+        ways = window_paths(x, size // 2, towers)
+        times: dict[str, list[float]] = {k: [] for k in ways}
+        for i in range(reps + 2):
+            for k, f in ways.items():
+                tick = time.perf_counter()
+                f()
+                if i >= 2:
+                    times[k].append(time.perf_counter() - tick)
+        label = f"{'x'.join(map(str, shape))} window {size} towers {towers}"
+        print(f"  {label:<34}" + "  ".join(f"{k} {1e3 * statistics.median(t):.2f}" for k, t in times.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compare-with", metavar="PATH", required=True, help="another normalizations.py (e.g. from git show)")
+    parser.add_argument("--compare-with", metavar="PATH", help="another normalizations.py (e.g. from git show)")
+    parser.add_argument("--paths", action="store_true", help="time the channels-last window sum's ways instead")
+    parser.add_argument("--threads", type=int, default=1, help="--paths: torch threads (the comparison always uses 1)")
     parser.add_argument("--reps", type=int, default=30)
     args = parser.parse_args()
+    if args.paths:
+        torch.set_num_threads(args.threads)
+        paths(args.reps)
+        return
+    if not args.compare_with:
+        parser.error("give --compare-with PATH or --paths")
     torch.set_num_threads(1)
     other = load_other_lrn(args.compare_with)
     print(f"this LRN against {args.compare_with}, channels-last, 1 thread, {args.reps} interleaved repetitions")

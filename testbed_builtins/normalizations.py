@@ -59,8 +59,8 @@ def _cached_window(channels: int, half: int, towers: int, groups: int, weight: f
     return _WEIGHTS[key]
 
 
-# Which way a channels-last window sum goes on a CPU, by measurement (benchmarks/lrn_overhead.py
-# --micro-window): a 1x1 convolution with the window as its weight (oneDNN) beats torch.mm's GEMM
+# Which way a channels-last window sum goes on a CPU, by measurement (python benchmarks/lrn_ab.py
+# --paths, on the 2-core Zen 3 machine of the README): a 1x1 convolution with the window as its weight (oneDNN) beats torch.mm's GEMM
 # at every AlexNet and conv-local shape; a convolution per tower (groups) beats the block-diagonal
 # one from 32 channels a tower; shifted adds along the innermost (channel) dimension win once a
 # tower's rows are long against the window (128 channels a tower, half 2: 3.5x faster than a GEMM).
