@@ -140,8 +140,9 @@ def decode_folder_split(split_dir: Path, class_names: list[str]) -> tuple[torch.
 _CIFAR_CACHE: dict[str, InMemoryData] = {}
 
 # Across processes, a large folder's decoded images are kept in the user cache (never in the
-# project): decoding CIFAR-10's 60,000 JPEGs takes about 16 s of one core, reading them back
-# about 0.2 s, and every `testbed run` and every Dask worker process would decode them again.
+# project): decoding CIFAR-10's 60,000 JPEGs took 15-29 s here, listing the folder for the key
+# and reading the file back under 1 s, and every `testbed run` and every Dask worker process
+# would decode them again (README, Performance).
 DISK_CACHE_FROM = 5000  # images: smaller folders decode faster than a cache file is worth
 CACHE_FORMAT = 1  # part of every key: raise it when decode_folder_split's output changes
 _SUFFIXES = (".jpg", ".jpeg", ".png")
