@@ -18,6 +18,7 @@ from _common import wait_for_idle
 
 from testbed import plugins
 from testbed.bench import synchronize
+from testbed.memory import keep_freed_memory
 from testbed.model import build_model
 from testbed.train import train_step
 
@@ -29,6 +30,7 @@ CASES = {  # name: (geometry, width, image size, batch)
 
 
 def main() -> None:
+    keep_freed_memory()  # as every testbed job does (testbed/memory.py)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=sorted(CASES), action="append")
     parser.add_argument("--rounds", type=int, default=5)

@@ -37,6 +37,7 @@ from testbed.data import load_dataset  # noqa: E402
 from testbed.distributed import Dist  # noqa: E402
 from testbed.evaluation import evaluate  # noqa: E402
 from testbed.experiment import build_experiment  # noqa: E402
+from testbed.memory import keep_freed_memory  # noqa: E402
 
 
 def experiment(dataset: str, test_size: int, eval_batch: int) -> dict:
@@ -98,6 +99,7 @@ def profile(c: Candidates) -> None:
 
 
 def main() -> None:
+    keep_freed_memory()  # as every testbed job does (testbed/memory.py)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="synthetic", help="synthetic, or cifar10 (needs TESTBED_DATA)")
     parser.add_argument("--test-size", type=int, default=500)

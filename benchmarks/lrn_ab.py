@@ -24,6 +24,7 @@ import time
 import torch
 from lrn_overhead import load_other_lrn
 
+from testbed.memory import keep_freed_memory
 from testbed_builtins import normalizations
 from testbed_builtins.normalizations import lrn
 
@@ -89,6 +90,7 @@ def paths(reps: int) -> None:
 
 
 def main() -> None:
+    keep_freed_memory()  # as every testbed job does (testbed/memory.py)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compare-with", metavar="PATH", help="another normalizations.py (e.g. from git show)")
     parser.add_argument("--paths", action="store_true", help="time the channels-last window sum's ways instead")

@@ -29,6 +29,7 @@ from _common import wait_for_idle
 from torch import nn
 
 from testbed import plugins
+from testbed.memory import keep_freed_memory
 from testbed.model import TowerSplit, build_model
 from testbed.train import train_step
 
@@ -164,6 +165,7 @@ def micro(other=None, reps: int = 15, fmt=torch.contiguous_format, forward_only:
 
 
 def main() -> None:
+    keep_freed_memory()  # as every testbed job does (testbed/memory.py)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=sorted(GEOMETRIES), action="append", help="one geometry (repeatable); default both")
     parser.add_argument("--rounds", type=int, default=9)

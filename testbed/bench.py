@@ -47,6 +47,7 @@ from torch import nn
 
 from testbed.assembly import build_for_training, build_pipeline, make_optimizer
 from testbed.data import InMemoryData, StreamingData, augmentation_generator, center_crop, workers_needed
+from testbed.memory import keep_freed_memory
 from testbed.model import build_model
 from testbed.seeding import seed_everything
 from testbed.train import train_step
@@ -432,6 +433,7 @@ def bench_experiment(experiment, registry, data: dict, device, steps: int = 20, 
     device = torch.device(device)
     if steps < 1:
         raise BadInput(f"--steps {steps}: expected at least 1")
+    keep_freed_memory()  # as every job does (testbed/memory.py)
     precisions = sorted({v.config["train"]["precision"] for v in experiment.variants})
     if console is not None:
         console.print(
@@ -501,6 +503,7 @@ def _document(experiment, device, steps, sizes, interleaved, peaks: Peaks, varia
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "physical_cores": physical_cores(),
+        "freed_memory_kept": keep_freed_memory(),
         "steps": steps,
         "peak_gflops": by_precision.get("fp32", next(iter(by_precision.values()))),
         "peak_gflops_by_precision": by_precision,

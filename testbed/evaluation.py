@@ -65,50 +65,68 @@ def evaluate(
     ensembles' per-image outputs, testbed/analyses.py)."""
     model.eval()
     wrong1 = wrong5 = seen = 0
-    # Every epoch measures saturation on the same images, the centre patches: the configured
-    # views' first one need not be the centre (ten-crop's is a padded top-left corner), so the
-    # final epoch, which uses them, measures in a pass of its own.
-    saturation = SaturationProbe(model) if probe and not views else None
-    try:
-        with torch.inference_mode(), autocast(precision, pipeline.device):
-            centre = centre_saturation(model, pipeline, batch_size, dist) if probe and views else None
-            for batch, labels in pipeline.test_batches(batch_size, dist.rank, dist.world, views):
-                if stop is not None and stop.requested:
-                    raise EvaluationStopped()
-                b = batch.shape[1]
-                # one view at a time: a forward pass over all ten views at once is slower on a CPU
-                fmt = pipeline.memory_format
-                probs = model(batch[0].contiguous(memory_format=fmt)).float().softmax(-1)
-                if saturation is not None:
-                    saturation.close()  # one batch is enough for a fraction
-                for view in batch[1:]:
-                    probs += model(view.contiguous(memory_format=fmt)).float().softmax(-1)
-                probs /= batch.shape[0]
-                if keep is not None:
-                    keep.append((probs.cpu(), labels.cpu()))
-                k = min(5, probs.shape[-1])
-                top = probs.topk(k, dim=-1).indices
-                hit1 = top[:, 0] == labels
-                hit5 = (top == labels.unsqueeze(1)).any(1)
-                wrong1 += (~hit1).sum()
-                wrong5 += (~hit5).sum()
-                seen += b
-    finally:
-        if saturation is not None:
-            saturation.close()
+    saturation = {}
+    with torch.inference_mode(), autocast(precision, pipeline.device):
+        for index, (batch, labels) in enumerate(pipeline.test_batches(batch_size, dist.rank, dist.world, views)):
+            if stop is not None and stop.requested:
+                raise EvaluationStopped()
+            b = batch.shape[1]
+            probe_view = None
+            if probe and index == 0:
+                probe_view, saturation = _centre_view(model, pipeline, batch, batch_size, dist, views)
+            probs = _mean_probabilities(model, batch, pipeline.memory_format, probe_view, saturation)
+            if keep is not None:
+                keep.append((probs.cpu(), labels.cpu()))
+            k = min(5, probs.shape[-1])
+            top = probs.topk(k, dim=-1).indices
+            hit1 = top[:, 0] == labels
+            hit5 = (top == labels.unsqueeze(1)).any(1)
+            wrong1 += (~hit1).sum()
+            wrong5 += (~hit5).sum()
+            seen += b
     wrong1, wrong5, seen = dist.sum([float(wrong1), float(wrong5), float(seen)], pipeline.device)
     if seen == 0:
         raise BadInput("the held-out set is empty")
-    return wrong1 / seen, wrong5 / seen, centre if centre is not None else saturation.result() if saturation is not None else {}
+    return wrong1 / seen, wrong5 / seen, saturation
 
 
-def centre_saturation(model, pipeline: Pipeline, batch_size: int, dist: Dist) -> dict:
-    """SaturationProbe's result on the centre patches of this rank's first held-out batch."""
+# Every epoch measures saturation on the same images, the centre patches of the first batch. The
+# configured views need not include them (ten-crop's include them once the padding is cut away,
+# but not first: its first is a padded top-left corner); when none is, they get a pass of their own.
+def _centre_view(model, pipeline: Pipeline, batch: torch.Tensor, batch_size: int, dist: Dist, views: bool):
+    """(the index of the view in ``batch`` that shows the centre patches, or None; the saturation
+    statistics when they had to be measured in a pass of their own, else a dict to be filled)."""
+    if not views:
+        return 0, {}
+    centre, _ = next(pipeline.test_batches(batch_size, dist.rank, dist.world, views=False))
+    for i, view in enumerate(batch):
+        if view.shape == centre[0].shape and torch.equal(view, centre[0]):
+            return i, {}
+    return None, saturation_of(model, centre[0].contiguous(memory_format=pipeline.memory_format))
+
+
+def _mean_probabilities(model, batch: torch.Tensor, fmt, probe_view: int | None, saturation: dict) -> torch.Tensor:
+    """The softmax averaged over the views of ``batch`` [V, B, ...], one forward pass per view (all
+    ten at once is slower on a CPU); the pass over view ``probe_view`` fills ``saturation``."""
+    probs = None
+    for i, view in enumerate(batch):
+        probe = SaturationProbe(model) if i == probe_view else None
+        try:
+            p = model(view.contiguous(memory_format=fmt)).float().softmax(-1)
+        finally:
+            if probe is not None:
+                probe.close()
+        if probe is not None:
+            saturation.update(probe.result())
+        probs = p if probs is None else probs.add_(p)
+    return probs.div_(batch.shape[0])
+
+
+def saturation_of(model, images: torch.Tensor) -> dict:
+    """SaturationProbe's result over one forward pass of ``images``."""
     probe = SaturationProbe(model)
     try:
-        for centre, _labels in pipeline.test_batches(batch_size, dist.rank, dist.world, views=False):
-            model(centre[0].contiguous(memory_format=pipeline.memory_format))
-            break
+        model(images)
     finally:
         probe.close()
     return probe.result()

@@ -26,6 +26,7 @@ from testbed.data import load_dataset
 from testbed.distributed import Dist
 from testbed.errors import BadInput
 from testbed.experiment import Variant
+from testbed.memory import keep_freed_memory
 from testbed.rundir import checkpoint_path
 from testbed.seeding import job_seeds
 from testbed.train import Diverged, Interrupted, JobContext, Progress, StopFlag, run_job
@@ -84,12 +85,14 @@ def environment(device: torch.device, dist: Dist) -> dict:
         "threads": torch.get_num_threads(),
         "host": platform.node(),
         "world_size": dist.world,
+        "freed_memory_kept": keep_freed_memory(),  # testbed/memory.py
     }
 
 
 def execute_job(spec: JobSpec, events: JobEvents, stop: StopFlag, dist: Dist, registry=None) -> JobOutcome:
     """Run one job to its end and say how it ended. Never raises for what happens inside the job."""
     registry = registry if registry is not None else plugins.registry()
+    keep_freed_memory()  # before the first tensor of the job is allocated
     v, device = spec.variant, torch.device(spec.device)
     try:
         ckpt = spec.checkpoint

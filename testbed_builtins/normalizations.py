@@ -38,7 +38,7 @@ def window_matrix(channels: int, half: int, towers: int = 1, dtype=torch.float32
     return (near & same_tower).to(dtype)
 
 
-_WEIGHTS: dict[tuple, torch.Tensor] = {}  # (channels, half, towers, groups, weight, dtype, device) -> weight * window
+_WEIGHTS: dict[tuple, torch.Tensor] = {}  # (channels, half, towers, groups, weight, dtype, device) -> weight * window; biases
 
 
 def _cached_window(channels: int, half: int, towers: int, groups: int, weight: float, dtype, device) -> torch.Tensor:
@@ -56,6 +56,15 @@ def _cached_window(channels: int, half: int, towers: int, groups: int, weight: f
                 per = channels // groups
                 w = window_matrix(per, half, towers // groups, dtype, device).repeat(groups, 1)[:, :, None, None]
             _WEIGHTS[key] = w.mul_(weight)
+    return _WEIGHTS[key]
+
+
+def _cached_bias(channels: int, offset: float, dtype, device) -> torch.Tensor:
+    """``offset`` in every one of ``channels``: the window-sum convolution's bias (k of D = k + scale * S)."""
+    key = ("bias", channels, offset, dtype, device)
+    if key not in _WEIGHTS:
+        with torch.inference_mode(False):  # as for the weights above
+            _WEIGHTS[key] = torch.full((channels,), offset, dtype=dtype, device=device)
     return _WEIGHTS[key]
 
 
@@ -95,7 +104,7 @@ def window_sum(x: torch.Tensor, half: int, towers: int = 1, weight: float = 1.0,
     elif x.device.type == "cpu" and per < SHIFTED_FROM * half:
         groups = towers if per >= GROUPED_FROM else 1
         k = _cached_window(c, half, towers, groups, weight, x.dtype, x.device)
-        bias = torch.full((c,), offset, dtype=x.dtype, device=x.device) if offset else None
+        bias = _cached_bias(c, offset, x.dtype, x.device) if offset else None
         return torch.nn.functional.conv2d(x, k, bias, groups=groups)
     elif x.device.type == "cpu":
         flat = x.permute(0, 2, 3, 1).reshape(n * h * w * towers, per, 1)  # a view: the memory is N, H, W, C
@@ -109,18 +118,18 @@ def window_sum(x: torch.Tensor, half: int, towers: int = 1, weight: float = 1.0,
     return out.add_(offset) if offset else out
 
 
-def _neg_pow_(d: torch.Tensor, beta: float) -> torch.Tensor:
-    """d ** -beta (d > 0), in a new tensor. The common exponents avoid the generic pow, whose
-    exp/log per element is the most expensive operation of the whole LRN on a CPU:
-    0.75 -> rsqrt(rsqrt(d)) * rsqrt(d)^2, 0.5 -> rsqrt(d), 1 -> 1/d (each within a few ulp of pow)."""
-    if beta == 0.75:  # two rsqrts and two products: a sqrt costs about two rsqrts on a CPU
-        r = torch.rsqrt(d)  # d^-1/2
-        return torch.rsqrt(r).mul_(r).mul_(r)  # d^1/4 * d^-1/2 * d^-1/2
+def _neg_pow(d: torch.Tensor, beta: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """d ** -beta (d > 0), in ``out`` or a new tensor. The common exponents avoid the generic pow,
+    whose exp/log per element is the most expensive operation of the whole LRN on a CPU (20x a
+    multiplication): 0.75 -> rsqrt(rsqrt(d)) / d = d^1/4 / d, three passes; 0.5 -> rsqrt(d);
+    1 -> 1/d (each within a few ulp of pow)."""
+    if beta == 0.75:
+        return torch.rsqrt(d, out=out).rsqrt_().div_(d)
     if beta == 0.5:
-        return torch.rsqrt(d)
+        return torch.rsqrt(d, out=out)
     if beta == 1.0:
-        return torch.reciprocal(d)
-    return d.pow(-beta)
+        return torch.reciprocal(d, out=out)
+    return torch.pow(d, -beta, out=out)
 
 
 class _LRNFunction(torch.autograd.Function):
@@ -133,7 +142,7 @@ class _LRNFunction(torch.autograd.Function):
     def forward(ctx, a, half, scale, beta, k, towers):
         sq = a * a
         denom = window_sum(sq, half, towers, scale, k)  # D = k + scale * S
-        inv = _neg_pow_(denom, beta)  # D^-beta
+        inv = _neg_pow(denom, beta)  # D^-beta
         out = torch.mul(a, inv, out=sq)
         q = torch.div(out, denom, out=denom)  # a D^(-beta-1), in D's storage
         ctx.save_for_backward(a, inv, q)
@@ -155,10 +164,7 @@ def _lrn_forward_only(a: torch.Tensor, half: int, scale: float, beta: float, k: 
     """b = a * D^-beta when no gradient is wanted (evaluation): nothing saved, no q = b / D pass."""
     sq = a * a
     denom = window_sum(sq, half, towers, scale, k)
-    if beta == 0.75:  # D^-0.75 as in _neg_pow_, in the storage of the squares and of D: no new tensor
-        r = torch.rsqrt(denom, out=sq)
-        return torch.rsqrt(r, out=denom).mul_(r).mul_(r).mul_(a)
-    return _neg_pow_(denom, beta).mul_(a)
+    return _neg_pow(denom, beta, out=sq).mul_(a)  # in the squares' storage: no new tensor
 
 
 def local_response_norm(a: torch.Tensor, size: int, alpha: float, beta: float, k: float, convention: str, towers: int = 1):
