@@ -248,14 +248,24 @@ class DivisorProbe:
         return {name: divisor_statistics(torch.cat(v), self.resting[name]) for name, v in self.values.items()}
 
 
+QUANTILE_SAMPLE = 1_000_000  # torch.quantile takes at most 16M elements, and sorts what it takes
+
+
+def quantile_sample(d: torch.Tensor) -> torch.Tensor:
+    """``d`` itself up to QUANTILE_SAMPLE elements, else that many drawn at random with replacement
+    (fixed seed): the 1% quantile of 10^6 draws is within about +-0.02 percentage points. Drawing
+    indices is O(sample); a permutation of all 10^7 elements of a batch of 250 took 0.5 s, the
+    most of an epoch's analyses."""
+    if len(d) <= QUANTILE_SAMPLE:
+        return d
+    return d[torch.randint(len(d), (QUANTILE_SAMPLE,), generator=torch.Generator().manual_seed(0))]
+
+
 def divisor_statistics(d: torch.Tensor, resting: float) -> dict:
     """The divisor's distribution, and how far it is from the constant ``resting``: ``cv`` (std /
     mean; 0: LRN is a fixed rescaling) and ``mean_excess`` (mean of d / resting - 1)."""
     d = d.double()
-    qs = torch.quantile(
-        d[torch.randperm(len(d), generator=torch.Generator().manual_seed(0))[:1_000_000]],
-        torch.tensor([0.01, 0.5, 0.99], dtype=torch.float64),
-    )
+    qs = torch.quantile(quantile_sample(d), torch.tensor([0.01, 0.5, 0.99], dtype=torch.float64))
     mean = float(d.mean())
     return {
         "resting": resting,

@@ -279,3 +279,15 @@ def test_the_divisor_is_what_the_layer_divides_by(registry):
     a = torch.randn(4, 12, 6, 6, generator=torch.Generator().manual_seed(4)) * 2
     assert torch.allclose(norm.divisor(a), a / norm(a), rtol=1e-4)
     assert norm.resting_divisor() == pytest.approx(1.5**0.75)
+
+
+def test_quantiles_of_a_large_layer_come_from_a_sample_within_their_stated_precision():
+    d = (0.5 * torch.randn(3_000_000, generator=torch.Generator().manual_seed(5), dtype=torch.float64)).exp()  # skewed, like a divisor
+    sample = analyses.quantile_sample(d)
+    assert len(sample) == analyses.QUANTILE_SAMPLE
+    for p in (0.01, 0.5, 0.99):
+        estimate = torch.quantile(sample, p)
+        rank = float((d < estimate).double().mean())  # where the estimate falls in the whole layer
+        assert abs(rank - p) < 0.0005, (p, rank)
+    small = d[:1000]
+    assert analyses.quantile_sample(small) is small  # below the limit: exact quantiles
