@@ -11,8 +11,9 @@ and of the conv-local net (24 px crops, batch 128, window 9).
     python benchmarks/lrn_ab.py --paths [--threads 2]   # the channels-last window sum's ways, side by side
 
 ``--paths`` times the ways a channels-last window sum can be computed (a matrix product, a 1x1
-convolution with the whole window matrix, one per tower, shifted adds along the channels): the
-measurements behind GROUPED_FROM and SHIFTED_FROM in testbed_builtins/normalizations.py.
+convolution with the whole window matrix, a grouped one, one whose pixels are each tower's
+channels, shifted adds along the channels): the
+measurements behind TOWERS_AS_PIXELS_FROM and SHIFTED_FROM in testbed_builtins/normalizations.py.
 """
 
 from __future__ import annotations
@@ -61,14 +62,17 @@ def window_paths(x: torch.Tensor, half: int, towers: int) -> dict:
     n, c, h, w = x.shape
     per = c // towers
     F = torch.nn.functional
-    full = normalizations._cached_window(c, half, towers, 1, 1.0, x.dtype, x.device)
-    grouped = normalizations._cached_window(c, half, towers, towers, 1.0, x.dtype, x.device)
-    matrix = normalizations._cached_window(c, half, towers, 0, 1.0, x.dtype, x.device)
+    full = normalizations._cached_window(c, half, towers, 1.0, x.dtype, x.device, conv=True)
+    one_tower = normalizations._cached_window(per, half, 1, 1.0, x.dtype, x.device, conv=True)
+    grouped = one_tower.repeat(towers, 1, 1, 1)
+    matrix = normalizations._cached_window(c, half, towers, 1.0, x.dtype, x.device, conv=False)
     flat = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
+    pixels = x.permute(0, 2, 3, 1).reshape(n, h, w * towers, per).permute(0, 3, 1, 2)  # each tower's channels as pixels
     return {
         "matrix product": lambda: torch.mm(flat, matrix),
         "1x1 conv": lambda: F.conv2d(x, full),
-        "1x1 conv per tower": lambda: F.conv2d(x, grouped, groups=towers),
+        "grouped conv": lambda: F.conv2d(x, grouped, groups=towers),
+        "towers as pixels": lambda: F.conv2d(pixels, one_tower),
         "shifted adds": lambda: normalizations._shifted_adds(x.permute(0, 2, 3, 1).reshape(n * h * w * towers, per, 1), half),
     }
 

@@ -38,24 +38,19 @@ def window_matrix(channels: int, half: int, towers: int = 1, dtype=torch.float32
     return (near & same_tower).to(dtype)
 
 
-_WEIGHTS: dict[tuple, torch.Tensor] = {}  # (channels, half, towers, groups, weight, dtype, device) -> weight * window; biases
+_WEIGHTS: dict[tuple, torch.Tensor] = {}  # (what, channels, ..., dtype, device) -> a window matrix or a bias
 
 
-def _cached_window(channels: int, half: int, towers: int, groups: int, weight: float, dtype, device) -> torch.Tensor:
-    """weight * the window matrix, as a [C, C] matrix (groups = 0, for torch.mm) or as the weight
-    [C, C / groups, 1, 1] of a 1x1 convolution with ``groups`` groups (one per tower, or 1: the
-    block-diagonal matrix whole)."""
-    key = (channels, half, towers, groups, weight, dtype, device)
+def _cached_window(channels: int, half: int, towers: int, weight: float, dtype, device, conv: bool) -> torch.Tensor:
+    """weight * the window matrix, as a [C, C] matrix (for torch.mm) or as the weight [C, C, 1, 1]
+    of a 1x1 convolution (``conv``)."""
+    key = ("window", channels, half, towers, weight, dtype, device, conv)
     if key not in _WEIGHTS:
         # a normal tensor even when first needed under inference_mode (evaluation before training,
         # as a resumed job does): an inference tensor could not be saved for a later backward
         with torch.inference_mode(False):
-            if groups == 0:
-                w = window_matrix(channels, half, towers, dtype, device)
-            else:  # output channel o of group g reads that group's inputs: row o mod per of one tower's matrix
-                per = channels // groups
-                w = window_matrix(per, half, towers // groups, dtype, device).repeat(groups, 1)[:, :, None, None]
-            _WEIGHTS[key] = w.mul_(weight)
+            w = window_matrix(channels, half, towers, dtype, device).mul_(weight)
+            _WEIGHTS[key] = w[:, :, None, None].contiguous() if conv else w
     return _WEIGHTS[key]
 
 
@@ -63,17 +58,20 @@ def _cached_bias(channels: int, offset: float, dtype, device) -> torch.Tensor:
     """``offset`` in every one of ``channels``: the window-sum convolution's bias (k of D = k + scale * S)."""
     key = ("bias", channels, offset, dtype, device)
     if key not in _WEIGHTS:
-        with torch.inference_mode(False):  # as for the weights above
+        with torch.inference_mode(False):  # as for the windows above
             _WEIGHTS[key] = torch.full((channels,), offset, dtype=dtype, device=device)
     return _WEIGHTS[key]
 
 
 # Which way a channels-last window sum goes on a CPU, by measurement (python benchmarks/lrn_ab.py
-# --paths, on the 2-core Zen 3 machine of the README): a 1x1 convolution with the window as its weight (oneDNN) beats torch.mm's GEMM
-# at every AlexNet and conv-local shape; a convolution per tower (groups) beats the block-diagonal
-# one from 32 channels a tower; shifted adds along the innermost (channel) dimension win once a
-# tower's rows are long against the window (128 channels a tower, half 2: 3.5x faster than a GEMM).
-GROUPED_FROM = 32  # channels a tower from which each tower gets its own convolution group
+# --paths, 1 and 2 threads, on the 2-core Zen 3 machine of the README): a 1x1 convolution with the
+# window as its weight (oneDNN) beats torch.mm's GEMM at every AlexNet and conv-local shape. From
+# 32 channels a tower, each tower's channels become pixels of their own (the memory of N x H x W x
+# C read as N x H x (W * towers) x C / towers: no copy) under one convolution with one tower's
+# window: 1.2-2.2x faster than a grouped convolution, and than the block-diagonal window whole.
+# Shifted adds along the innermost (channel) dimension win once a tower's rows are long against
+# the window (128 channels a tower, half 2).
+TOWERS_AS_PIXELS_FROM = 32  # channels a tower from which each tower's channels are convolved as pixels
 SHIFTED_FROM = 32  # channels a tower per unit of half-width from which shifted adds win
 
 
@@ -86,6 +84,21 @@ def _shifted_adds(x: torch.Tensor, half: int) -> torch.Tensor:
         out[:, d:].add_(x[:, :-d])  # add_ on the view: `view[...] += y` would copy it back
         out[:, :-d].add_(x[:, d:])
     return out
+
+
+def _window_conv(x: torch.Tensor, half: int, towers: int, weight: float, offset: float) -> torch.Tensor:
+    """The channels-last window sum as a 1x1 convolution, ``weight`` and ``offset`` folded in."""
+    n, c, h, w = x.shape
+    per = c // towers
+    as_pixels = towers > 1 and per >= TOWERS_AS_PIXELS_FROM
+    width, groups_of = (per, 1) if as_pixels else (c, towers)
+    k = _cached_window(width, half, groups_of, weight, x.dtype, x.device, conv=True)
+    bias = _cached_bias(width, offset, x.dtype, x.device) if offset else None
+    if not as_pixels:
+        return torch.nn.functional.conv2d(x, k, bias)
+    pixels = x.permute(0, 2, 3, 1).reshape(n, h, w * towers, per).permute(0, 3, 1, 2)  # a view: N, H, W, C memory
+    out = torch.nn.functional.conv2d(pixels, k, bias)
+    return out.permute(0, 2, 3, 1).reshape(n, h, w, c).permute(0, 3, 1, 2)
 
 
 def window_sum(x: torch.Tensor, half: int, towers: int = 1, weight: float = 1.0, offset: float = 0.0) -> torch.Tensor:
@@ -102,16 +115,13 @@ def window_sum(x: torch.Tensor, half: int, towers: int = 1, weight: float = 1.0,
     if not channels_last:
         out = _shifted_adds(x.contiguous().view(n * towers, per, h * w), half).view(n, c, h, w)
     elif x.device.type == "cpu" and per < SHIFTED_FROM * half:
-        groups = towers if per >= GROUPED_FROM else 1
-        k = _cached_window(c, half, towers, groups, weight, x.dtype, x.device)
-        bias = _cached_bias(c, offset, x.dtype, x.device) if offset else None
-        return torch.nn.functional.conv2d(x, k, bias, groups=groups)
+        return _window_conv(x, half, towers, weight, offset)
     elif x.device.type == "cpu":
         flat = x.permute(0, 2, 3, 1).reshape(n * h * w * towers, per, 1)  # a view: the memory is N, H, W, C
         out = _shifted_adds(flat, half).view(n, h, w, c).permute(0, 3, 1, 2)
     else:  # weight folded into the matrix: in float16 the unscaled sum of squares could overflow
         flat = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
-        out = torch.mm(flat, _cached_window(c, half, towers, 0, weight, x.dtype, x.device)).view(n, h, w, c).permute(0, 3, 1, 2)
+        out = torch.mm(flat, _cached_window(c, half, towers, weight, x.dtype, x.device, conv=False)).view(n, h, w, c).permute(0, 3, 1, 2)
         return out.add_(offset) if offset else out
     if weight != 1.0:
         out.mul_(weight)

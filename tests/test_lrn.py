@@ -113,7 +113,7 @@ def test_towers_and_memory_formats_match_the_formula_per_tower(channels_last, to
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-# channels-last on a CPU: 1 x 10 and 2 x 12 one convolution, 2 x 40 a convolution per tower, 2 x 64 shifted adds
+# channels-last on a CPU: 1 x 10 and 2 x 12 one convolution, 2 x 40 the towers as pixels of one convolution, 2 x 64 shifted adds
 @pytest.mark.parametrize("towers,channels", [(1, 10), (2, 12), (2, 80), (2, 128)])
 @pytest.mark.parametrize("no_grad", [torch.no_grad, torch.inference_mode])
 def test_forward_only_path_matches_the_formula(channels_last, towers, channels, no_grad):
@@ -134,7 +134,7 @@ def test_forward_only_path_matches_the_formula(channels_last, towers, channels, 
 @pytest.mark.parametrize("channels,size", [(128, 5), (80, 5), (128, 9)])
 def test_wide_towers_values_and_gradients_match_the_formula(channels_last, channels, size):
     """Two wide towers: in channels-last on a CPU, 2 x 64 channels with a window of 5 take the
-    shifted adds along the channels, 2 x 40 and 2 x 64 with a window of 9 a convolution per tower."""
+    shifted adds along the channels, 2 x 40 and 2 x 64 with a window of 9 the towers as pixels of one convolution."""
     torch.manual_seed(6)
     a = (torch.randn(2, channels, 3, 3, dtype=torch.float64) * 3).requires_grad_()
     x = a.contiguous(memory_format=torch.channels_last) if channels_last else a
@@ -162,7 +162,7 @@ def test_window_sum_in_either_format_clips_at_ends_and_towers(channels_last):
 
 @pytest.mark.parametrize("towers,per,half", [(2, 6, 2), (1, 64, 4), (2, 40, 2), (2, 64, 2), (1, 130, 1)])
 def test_every_channels_last_window_sum_matches_shifted_sums(towers, per, half):
-    """Each way a channels-last window sum can go (one convolution, one per tower, shifted adds
+    """Each way a channels-last window sum can go (one convolution, the towers as its pixels, shifted adds
     along the channels) against the sum written out from its definition, k and scale included."""
     torch.manual_seed(7)
     x = torch.rand(3, towers * per, 4, 5, dtype=torch.float64)
