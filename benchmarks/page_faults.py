@@ -4,8 +4,8 @@ because the setting holds for a whole process and cannot be undone.
 
 Each child times training steps of the 32 px width-0.25 AlexNet with LRN and without (channels-last,
 batch 64, the threads torch uses, one fixed batch) and the first LRN layer alone (forward and
-backward, 64 x 24 x 32 x 32), and counts minor page faults and system CPU time per step. The
-parent alternates children with TESTBED_MALLOC=system (glibc's defaults) and without, and reports
+backward, 64 x 24 x 32 x 32), and counts minor page faults and system CPU time per step, and its
+resident size at the end. The parent alternates children with TESTBED_MALLOC=system (glibc's defaults) and without, and reports
 medians over rounds.
 
     python benchmarks/page_faults.py [--rounds 4] [--steps 20]
@@ -69,7 +69,16 @@ def child(steps: int) -> None:
     for _ in range(3):
         layer()
     out["lrn-layer"] = _timed(layer, 3 * steps)
+    out["rss_mb"] = resident_mb()
     print(json.dumps(out))
+
+
+def resident_mb() -> float:
+    """This process's resident size now (VmRSS), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def main() -> None:
@@ -92,7 +101,7 @@ def main() -> None:
             command = [sys.executable, __file__, "--child", "--steps", str(args.steps)]
             run = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
             results[arm].append(json.loads(run.stdout.strip().splitlines()[-1]))
-            timings = "  ".join(f"{k} {v['ms']:.1f} ms" for k, v in results[arm][-1].items() if k != "kept")
+            timings = "  ".join(f"{k} {v['ms']:.1f} ms" for k, v in results[arm][-1].items() if isinstance(v, dict))
             print(f"  round {r + 1}/{args.rounds} {arm}: {timings}", file=sys.stderr)
     print(f"median of {args.rounds} rounds, {args.steps} steps each (the layer: {3 * args.steps}); per step:")
     print(f"{'arm':16s} {'what':12s} {'ms':>8s} {'faults':>8s} {'sys ms':>7s}")
@@ -102,6 +111,7 @@ def main() -> None:
             print(f"{arm:16s} {what:12s} {med['ms']:8.2f} {med['minor_faults']:8.0f} {med['sys_ms']:7.2f}")
         ratio = statistics.median(run["testbed-lrn"]["ms"] / run["none"]["ms"] for run in runs)
         print(f"{arm:16s} {'LRN / none':12s} {ratio:7.2f}x   (kept in force: {all(run['kept'] for run in runs)})")
+        print(f"{arm:16s} {'resident':12s} {statistics.median(run['rss_mb'] for run in runs):7.0f} MB at the end of a child")
     print("command: python benchmarks/page_faults.py " + " ".join(sys.argv[1:]))
 
 

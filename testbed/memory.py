@@ -3,18 +3,19 @@
 glibc's malloc serves large blocks (from 128 KiB, rising to 32 MiB as it adapts) with fresh
 ``mmap`` calls, and trims its heap whenever enough memory at its top is free. A training step
 frees and reallocates the same activation-sized tensors every time, so with these defaults each
-step maps new pages and the kernel zeroes every one on first touch. On the KVM guests of the
-README this tripled the time of the LRN layer's forward and backward (19 ms -> 5-6 ms with the
-setting below, 64 x 24 x 32 x 32 channels-last, 2 threads: `python benchmarks/page_faults.py`).
+step maps new pages and the kernel zeroes every one on first touch. On the KVM guest of the
+README (`python benchmarks/page_faults.py`, three runs) the first LRN layer's forward and
+backward took 7.6-11.6 ms with these defaults and 6.2-6.8 ms with the setting below, and the
+32 px width-0.25 training step with LRN 1.19-1.34x the step without it, against 1.13-1.19x.
 
 ``keep_freed_memory``, once per process, fixes the mmap threshold at its maximum (32 MiB) and
 stops the trimming: the memory a step used stays mapped for the next one. The price is that the
-heap stays at its high-water mark, which a training process reaches on every step anyway (+40 to
-+110 MB resident after 300 steps of that net). Blocks of 32 MiB and more are still mapped
-afresh: served from the heap too (M_MMAP_MAX = 0), a 64 MiB block allocated again and again held
-+450 MB, because an aligned request never fits exactly in the block freed before it. Set
-``TESTBED_MALLOC=system`` to keep the C library's own behaviour. Other C libraries (macOS, musl)
-are left alone.
+heap stays at its high-water mark, which a training process reaches on every step anyway (that
+benchmark's processes ended at 920 MB resident against 898 MB with the defaults). Blocks of
+32 MiB and more are still mapped afresh: served from the heap too (M_MMAP_MAX = 0), a 64 MiB
+block allocated again and again held +450 MB, because an aligned request never fits exactly in
+the block freed before it. Set ``TESTBED_MALLOC=system`` to keep the C library's own behaviour.
+Other C libraries (macOS, musl) are left alone.
 """
 
 from __future__ import annotations
