@@ -13,33 +13,6 @@ from testbed.evaluation import SaturationProbe, evaluate, saturation_of
 from testbed.experiment import build_experiment
 
 
-def test_the_final_ten_crop_epoch_measures_saturation_on_the_centre(registry, tiny_config):
-    tiny_config["augment"] = {"test": "ten-crop"}
-    variant = build_experiment(tiny_config, registry).baseline
-    data = load_dataset(variant.config["data"], registry)
-    torch.manual_seed(0)
-    built = build_for_training(variant.config, data, registry, torch.device("cpu"))
-    pipeline = build_pipeline(variant, data, built, registry, torch.device("cpu"))
-    batch = 50
-
-    _, _, per_epoch = evaluate(built.module, pipeline, batch, "fp32", Dist(), views=False, probe=True)
-    _, _, final = evaluate(built.module, pipeline, batch, "fp32", Dist(), views=True, probe=True)
-
-    # Independently: the probe on the first batch's centre patch and on ten-crop's first view.
-    views, _ = next(pipeline.test_batches(batch, views=True))
-    centre, _ = next(pipeline.test_batches(batch, views=False))
-    measured = {}
-    for name, images in (("centre", centre[0]), ("corner", views[0])):
-        probe = SaturationProbe(built.module)
-        with torch.inference_mode():
-            built.module(images.contiguous(memory_format=pipeline.memory_format))
-        probe.close()
-        measured[name] = probe.result()
-    assert measured["centre"] != measured["corner"]  # the corner is another view: the test can tell them apart
-    assert per_epoch == measured["centre"]
-    assert final == measured["centre"]
-
-
 def _tiny_parts(registry, tiny_config):
     tiny_config["augment"] = {"test": "ten-crop"}
     variant = build_experiment(tiny_config, registry).baseline
@@ -53,6 +26,28 @@ def _counting_forwards(model) -> list:
     calls = []
     model.register_forward_hook(lambda *_: calls.append(1))
     return calls
+
+
+def test_the_final_ten_crop_epoch_measures_saturation_on_the_centre(registry, tiny_config):
+    model, pipeline = _tiny_parts(registry, tiny_config)
+    batch = 50
+
+    _, _, per_epoch = evaluate(model, pipeline, batch, "fp32", Dist(), views=False, probe=True)
+    _, _, final = evaluate(model, pipeline, batch, "fp32", Dist(), views=True, probe=True)
+
+    # Independently: the probe on the first batch's centre patch and on ten-crop's first view.
+    views, _ = next(pipeline.test_batches(batch, views=True))
+    centre, _ = next(pipeline.test_batches(batch, views=False))
+    measured = {}
+    for name, images in (("centre", centre[0]), ("corner", views[0])):
+        probe = SaturationProbe(model)
+        with torch.inference_mode():
+            model(images.contiguous(memory_format=pipeline.memory_format))
+        probe.close()
+        measured[name] = probe.result()
+    assert measured["centre"] != measured["corner"]  # the corner is another view: the test can tell them apart
+    assert per_epoch == measured["centre"]
+    assert final == measured["centre"]
 
 
 def test_the_probe_rides_on_ten_crops_centre_view_without_a_pass_of_its_own(registry, tiny_config):
