@@ -47,7 +47,7 @@ from torch import nn
 
 from testbed.assembly import build_for_training, build_pipeline, make_optimizer
 from testbed.data import InMemoryData, StreamingData, augmentation_generator, center_crop, workers_needed
-from testbed.memory import keep_freed_memory
+from testbed.memory import freed_memory_kept, keep_freed_memory
 from testbed.model import build_model
 from testbed.seeding import seed_everything
 from testbed.train import train_step
@@ -503,7 +503,7 @@ def _document(experiment, device, steps, sizes, interleaved, peaks: Peaks, varia
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "physical_cores": physical_cores(),
-        "freed_memory_kept": keep_freed_memory(),
+        "freed_memory_kept": freed_memory_kept(),
         "steps": steps,
         "peak_gflops": by_precision.get("fp32", next(iter(by_precision.values()))),
         "peak_gflops_by_precision": by_precision,

@@ -26,7 +26,7 @@ from testbed.data import load_dataset
 from testbed.distributed import Dist
 from testbed.errors import BadInput
 from testbed.experiment import Variant
-from testbed.memory import keep_freed_memory
+from testbed.memory import freed_memory_kept, keep_freed_memory
 from testbed.rundir import checkpoint_path
 from testbed.seeding import job_seeds
 from testbed.train import Diverged, Interrupted, JobContext, Progress, StopFlag, run_job
@@ -85,7 +85,7 @@ def environment(device: torch.device, dist: Dist) -> dict:
         "threads": torch.get_num_threads(),
         "host": platform.node(),
         "world_size": dist.world,
-        "freed_memory_kept": keep_freed_memory(),  # testbed/memory.py
+        "freed_memory_kept": freed_memory_kept(),  # testbed/memory.py
     }
 
 

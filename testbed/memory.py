@@ -40,6 +40,11 @@ def keep_freed_memory() -> bool:
     return _state["kept"]
 
 
+def freed_memory_kept() -> bool:
+    """Whether keep_freed_memory is in force in this process (it never applies it)."""
+    return _state.get("kept", False)
+
+
 def _apply() -> bool:
     if os.environ.get("TESTBED_MALLOC", "").strip().lower() == "system":
         return False
